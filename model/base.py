@@ -1,0 +1,55 @@
+"""The contract every model kind implements, on top of the shared `Encoder`.
+
+Training: `loss(item_ids, seq_lens, targets)` over right-padded (B, S) sequences where
+`targets[b, i]` is the item that follows prefix `item_ids[b, :i+1]` (0 = no target).
+Inference: `user_vectors(h0, ctx_kv, ctx_lens)` turns the encoder's fast state and the context's
+per-layer K/V into the vector scored against every item; the incremental engine calls it with
+cached K/V, `predict` with freshly computed K/V, so both paths share every line after the encoder.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .config import ModelConfig
+from .encoder import KV, Encoder, init_weights
+
+
+class SequentialRecommender(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg.validate()
+        self.encoder = Encoder(cfg)
+
+    def reset_parameters(self) -> None:
+        init_weights(self, self.cfg.init_std)
+
+    # -- inference ----------------------------------------------------------------------------
+    def user_vectors(self, h0: Tensor, ctx_kv: KV, ctx_lens: Tensor, explain: bool = False):
+        """(B, D) fast state + context K/V (B, H, S, Dh per layer, right-padded to ctx_lens).
+
+        Returns (B, D) scoring vectors, or (vectors, details dict) when explain is True.
+        """
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, item_ids: Tensor, seq_lens: Tensor) -> Tensor:
+        """Full recompute: scores (B, n_items + 1) for right-padded contexts; column 0 is -inf."""
+        hidden, kv = self.encoder.encode(item_ids, seq_lens)
+        h0 = self.encoder.last_hidden(hidden, seq_lens)
+        return self.score(self.user_vectors(h0, kv, seq_lens))
+
+    def score(self, vectors: Tensor) -> Tensor:
+        scores = self.encoder.scores(vectors)
+        scores[..., 0] = float("-inf")  # padding is never an item
+        return scores
+
+    # -- training -----------------------------------------------------------------------------
+    def loss(self, item_ids: Tensor, seq_lens: Tensor, targets: Tensor) -> tuple[Tensor, dict]:
+        """Scalar training loss and a dict of its named float parts (for logging)."""
+        raise NotImplementedError
+
+    def logits(self, vectors: Tensor) -> Tensor:
+        """Training logits over real items: (N, D) -> (N, n_items + 1), padding column -inf."""
+        return self.score(vectors) / self.cfg.temperature

@@ -1,0 +1,141 @@
+"""The shared causal transformer encoder (SASRec backbone) with an explicit K/V cache.
+
+Post-LN blocks as in RecBole/ReaRec: input `LN(E[item] + P[pos])`, then per block
+`a = LN(x + Attn(x))`, `y = LN(a + FFN(a))`. Positions count from the oldest item of the context
+(oldest = 0) and are always passed in explicitly, never derived from padded columns, so the K/V of
+item i depend only on items <= i: appending an item adds one row per layer (plr-method.md s.5).
+
+`forward_layers(x, mask, past)` is the one primitive every path uses (prefill, append, reasoning
+steps, all-prefix training): `past` is a list of per-layer (K, V) that the new tokens attend to
+besides themselves; it is never modified.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelConfig
+
+KV = list[tuple[Tensor, Tensor]]  # per layer: K, V each (B, H, S, Dh)
+
+
+class Block(nn.Module):
+    """One post-LN transformer block; attention is computed by the caller-supplied context."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model)
+        self.ln_attn = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.ff_in = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.ff_out = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.ln_ff = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.attn_dropout = cfg.dropout
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, S, D) -> q, k, v each (B, H, S, Dh)."""
+        b, s, d = x.shape
+        qkv = self.qkv(x).view(b, s, 3, self.n_heads, d // self.n_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v
+
+    def finish(self, x: Tensor, attn: Tensor) -> Tensor:
+        """Residual + LN around attention output attn (B, H, S, Dh), then the FFN sublayer."""
+        b, h, s, dh = attn.shape
+        attn = attn.transpose(1, 2).reshape(b, s, h * dh)
+        a = self.ln_attn(x + self.drop(self.out(attn)))
+        return self.ln_ff(a + self.drop(self.ff_out(self.drop(F.gelu(self.ff_in(a))))))
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        p = self.attn_dropout if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+
+
+class Encoder(nn.Module):
+    """Item embeddings (tied output), positions, and `n_layers` blocks."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.item_emb = nn.Embedding(cfg.n_items + 1, cfg.d_model, padding_idx=0)
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.ln_in = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.drop_in = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+
+    # -- inputs -------------------------------------------------------------------------------
+    def embed_items(self, item_ids: Tensor, positions: Tensor) -> Tensor:
+        """(B, S) item indices and their positions from the oldest context item -> (B, S, D)."""
+        return self.embed_vectors(self.item_emb(item_ids) + self.pos_emb(positions))
+
+    def embed_vectors(self, x: Tensor) -> Tensor:
+        """The input LN + dropout shared by item tokens and reasoning tokens (ReaRec's way)."""
+        return self.drop_in(self.ln_in(x))
+
+    # -- the primitive ----------------------------------------------------------------------
+    def forward_layers(self, x: Tensor, mask: Tensor, past: KV | None = None) -> tuple[Tensor, KV]:
+        """Run all blocks on new tokens x (B, S, D).
+
+        mask: bool (B or 1, 1, S, S_past + S), True = may attend; keys are ordered past then new.
+        Returns the final hidden states (B, S, D) and the new tokens' own per-layer (K, V).
+        """
+        new_kv: KV = []
+        for i, block in enumerate(self.blocks):
+            q, k, v = block.project(x)
+            new_kv.append((k, v))
+            if past is not None:
+                k = torch.cat([past[i][0].expand(k.shape[0], -1, -1, -1), k], dim=2)
+                v = torch.cat([past[i][1].expand(v.shape[0], -1, -1, -1), v], dim=2)
+            x = block.finish(x, block.attend(q, k, v, mask))
+        return x, new_kv
+
+    # -- convenience paths ------------------------------------------------------------------
+    def encode(self, item_ids: Tensor, seq_lens: Tensor) -> tuple[Tensor, KV]:
+        """Full causal pass over right-padded (B, S) item indices with real lengths (B,).
+
+        Returns hidden states (B, S, D) (rows past a user's length are junk) and per-layer K/V.
+        """
+        b, s = item_ids.shape
+        positions = torch.arange(s, device=item_ids.device).expand(b, s)
+        x = self.embed_items(item_ids, positions)
+        return self.forward_layers(x, causal_mask(seq_lens, s))
+
+    def last_hidden(self, hidden: Tensor, seq_lens: Tensor) -> Tensor:
+        """h0: the hidden state at each row's last real position. hidden (B, S, D) -> (B, D)."""
+        idx = (seq_lens - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
+        return hidden.gather(1, idx).squeeze(1)
+
+    def scores(self, user_vectors: Tensor) -> Tensor:
+        """Dot products with every item embedding (tied). (..., D) -> (..., n_items + 1)."""
+        return user_vectors @ self.item_emb.weight.T
+
+
+def causal_mask(seq_lens: Tensor, size: int) -> Tensor:
+    """Bool (B, 1, S, S): query i may see key j iff j <= i and j < len.
+
+    Padded query rows (i >= len) still see the real keys, so no row is fully masked (NaN-free).
+    """
+    ar = torch.arange(size, device=seq_lens.device)
+    causal = ar.view(1, size, 1) >= ar.view(1, 1, size)  # (1, S, S)
+    valid = ar.view(1, 1, size) < seq_lens.view(-1, 1, 1)  # (B, 1, S)
+    return (causal & valid).unsqueeze(1)
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """N(0, std) for linear/embedding weights, zero biases, unit LayerNorm (RecBole's init)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    for m in module.modules():
+        if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+            with torch.no_grad():
+                m.weight[m.padding_idx].zero_()

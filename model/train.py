@@ -1,0 +1,280 @@
+"""Train any model kind (via `build_model` and `model.loss` only) with validation early stopping.
+
+Contract: `train(model_cfg, train_cfg, dataset, split)` returns the model holding its best-epoch
+weights (by validation `train_cfg.metric`, unmasked) and a metrics dict with that epoch's valid
+and test metrics. Under torchrun (WORLD_SIZE > 1) it runs DDP; only rank 0 evaluates, and the CLI
+writes the checkpoint from rank 0 alone. `python -m model.train --help` lists every option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, fields, replace
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from .batches import TrainBatches
+from .checkpoint import save_checkpoint
+from .config import MODEL_KINDS, ModelConfig
+from .evaluate import evaluate, summarize
+from .registry import build_model
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 2020
+    epochs: int = 300  # upper bound; early stopping usually ends the run first
+    patience: int = 10  # epochs without a validation improvement before stopping
+    batch_size: int = 256  # training windows per step, summed over DDP ranks
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    random_offsets: bool = True  # re-cut the training windows every epoch (model/batches.py)
+    max_minutes: float = 0.0  # wall-clock budget; stop after the epoch that passes it (0 = none)
+    stride: int = 0  # targets owned per training window; 0 = max_len (see model/batches.py)
+    metric: str = "ndcg@10"  # validation selection metric (unmasked)
+    eval_batch_size: int = 256
+    device: str = "auto"  # cpu | cuda | auto
+    num_threads: int = 0  # CPU intra-op threads per process; 0 = cores / processes
+    progress: bool = True
+
+    def validate(self) -> "TrainConfig":
+        for name in ("epochs", "patience", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError(f"need lr > 0 and weight_decay >= 0, got {self.lr}, "
+                             f"{self.weight_decay}")
+        if self.metric not in summarize(np.ones(1), np.ones(1)):
+            raise ValueError(f"unknown selection metric {self.metric!r}; e.g. 'ndcg@10'")
+        return self
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown train config fields: {unknown}")
+        return cls(**data).validate()
+
+
+class LossModule(nn.Module):
+    """forward() = model.loss(), so DDP's forward hook sees the training step."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, item_ids, seq_lens, targets):
+        return self.model.loss(item_ids, seq_lens, targets)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name not in ("cpu", "cuda", "auto"):
+        raise ValueError(f"device must be cpu, cuda or auto, got {name!r}")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but CUDA is not available")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(device_name: str) -> tuple[int, int, int]:
+    """(rank, world_size, local_rank); joins the torchrun process group when WORLD_SIZE > 1."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return 0, 1, 0
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        cuda = device_name != "cpu" and torch.cuda.is_available()
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), world_size, local_rank
+
+
+def train_epoch(step_module, optimizer, batches, epoch: int, device, progress: bool) -> float:
+    """One pass over this rank's shard; returns the mean training loss."""
+    step_module.train()
+    total, count = 0.0, 0
+    bar = tqdm(batches.epoch(epoch), desc=f"epoch {epoch}",
+               disable=not progress, leave=False, file=sys.stderr)
+    for item_ids, seq_lens, targets in bar:
+        loss, _ = step_module(item_ids.to(device), seq_lens.to(device), targets.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total, count = total + loss.item(), count + 1
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    return total / max(count, 1)
+
+
+def _broadcast_stop(stop: bool, world_size: int, device) -> bool:
+    # Rank 0 alone decides; every rank must leave the loop at the same epoch or DDP hangs.
+    if world_size == 1:
+        return stop
+    flag = torch.tensor([int(stop)], device=device)
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+def _setup(model_cfg: ModelConfig, tc: TrainConfig, dataset):
+    rank, world_size, local_rank = init_distributed(tc.device)
+    device = resolve_device(tc.device, local_rank)
+    if device.type == "cpu":
+        torch.set_num_threads(tc.num_threads or max(1, (os.cpu_count() or 1) // world_size))
+    if model_cfg.n_items == 0:
+        model_cfg = replace(model_cfg, n_items=dataset.n_items)
+    if model_cfg.n_items != dataset.n_items:
+        raise ValueError(f"model n_items={model_cfg.n_items} but the dataset has {dataset.n_items}")
+    seed_everything(tc.seed)
+    model = build_model(model_cfg).to(device)  # same init on every rank (DDP also broadcasts)
+    torch.manual_seed(tc.seed + rank)  # but independent dropout per rank
+    step_module = LossModule(model)
+    if world_size > 1:
+        ddp_ids = [device.index] if device.type == "cuda" else None
+        # find_unused_parameters: some kinds leave parameters out of some losses.
+        step_module = nn.parallel.DistributedDataParallel(
+            step_module, device_ids=ddp_ids, find_unused_parameters=True)
+    return model, step_module, device, rank, world_size
+
+
+def _validate(model, split, tc: TrainConfig, epoch, loss, best, history, start) -> bool:
+    """Rank 0 after each epoch: score validation, keep the best weights; True = stop now."""
+    valid = evaluate(model, split.valid, batch_size=tc.eval_batch_size).metrics
+    elapsed = time.perf_counter() - start
+    history.append({"epoch": epoch, "loss": loss, "valid": valid[tc.metric], "elapsed_s": elapsed})
+    if valid[tc.metric] > best["score"]:
+        best.update(score=valid[tc.metric], epoch=epoch, valid=valid, time=elapsed,
+                    state=copy.deepcopy(model.state_dict()))
+    tqdm.write(f"epoch {epoch}: loss {loss:.4f} valid {tc.metric} {valid[tc.metric]:.4f} "
+               f"(best {best['score']:.4f} @ {best['epoch']}) {elapsed:.0f}s", file=sys.stderr)
+    return epoch - best["epoch"] >= tc.patience
+
+
+def train(model_cfg: ModelConfig, train_cfg, dataset, split) -> tuple[nn.Module, dict]:
+    """Fit with early stopping; returns (model at its best validation epoch, metrics).
+
+    metrics (rank 0; other ranks get {}): valid, test (each with unmasked and masked_ keys),
+    best_epoch, epochs_run, train_s, time_to_best_s, s_per_epoch, history, test_ranks.
+    """
+    tc = train_cfg if isinstance(train_cfg, TrainConfig) else TrainConfig.from_dict(train_cfg)
+    tc.validate()
+    model, step_module, device, rank, world_size = _setup(model_cfg, tc, dataset)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    batches = TrainBatches(split.train, model.cfg.max_len, tc.batch_size, tc.seed,
+                           tc.random_offsets, rank, world_size, tc.stride or None)
+    best = {"score": -1.0, "epoch": 0, "state": None, "valid": None, "time": 0.0}
+    history, start, epoch = [], time.perf_counter(), 0
+    show = tc.progress and rank == 0
+    for epoch in range(1, tc.epochs + 1):
+        loss = train_epoch(step_module, optimizer, batches, epoch, device, show)
+        stop = rank == 0 and _validate(model, split, tc, epoch, loss, best, history, start)
+        # The budget is checked on rank 0 only and broadcast, like early stopping.
+        stop = stop or (rank == 0 and tc.max_minutes > 0
+                        and time.perf_counter() - start > 60 * tc.max_minutes)
+        if _broadcast_stop(stop, world_size, device):
+            break
+    train_s = time.perf_counter() - start
+    if rank != 0:
+        return model, {}
+    model.load_state_dict(best["state"])
+    test = evaluate(model, split.test, batch_size=tc.eval_batch_size)
+    return model.eval(), {
+        "valid": best["valid"], "test": test.metrics, "best_epoch": best["epoch"],
+        "epochs_run": epoch, "train_s": train_s, "time_to_best_s": best["time"],
+        "s_per_epoch": train_s / max(epoch, 1), "world_size": world_size,
+        "device": str(device), "history": history, "test_ranks": test.ranks.tolist(),
+        "test_masked_ranks": test.masked_ranks.tolist(),
+    }
+
+
+# -- command line -------------------------------------------------------------------------------
+def _bool(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in ("true", "1", "yes")
+
+
+def _add_fields(group, cls, skip=()) -> None:
+    """One --kebab-case option per dataclass field, defaulting to None (= the dataclass default)."""
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        kind = {bool: _bool, "bool": _bool, int: int, "int": int, float: float, "float": float}
+        group.add_argument("--" + f.name.replace("_", "-"), type=kind.get(f.type, str),
+                           default=None, help=f"default {f.default}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m model.train", description=__doc__)
+    parser.add_argument("--dataset", required=True,
+                        help="name (ml-100k) or FORMAT:PATH, see model.data.load_dataset")
+    parser.add_argument("--model", required=True, choices=MODEL_KINDS, help="model kind")
+    parser.add_argument("--out", required=True, help="checkpoint directory to write")
+    parser.add_argument("--k-core", type=int, default=0)
+    parser.add_argument("--dedupe", default="keep_all", choices=("keep_all", "first", "last"))
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_fields(parser.add_argument_group("training"), TrainConfig, skip=("progress",))
+    _add_fields(parser.add_argument_group("model"), ModelConfig, skip=("kind", "n_items"))
+    return parser
+
+
+def configs_from_args(args) -> tuple[ModelConfig, TrainConfig]:
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    model_cfg = ModelConfig(kind=args.model, n_items=0, **{
+        f.name: given[f.name] for f in fields(ModelConfig) if f.name in given})
+    train_cfg = TrainConfig(progress=not args.no_progress, **{
+        f.name: given[f.name] for f in fields(TrainConfig) if f.name in given})
+    return model_cfg, train_cfg  # n_items = 0: filled in from the dataset
+
+
+def load_data(spec: str, k_core: int = 0, dedupe: str = "keep_all"):
+    """(dataset, split) by the reference protocol: stable time order, leave-one-out."""
+    from .data import build_dataset, leave_one_out, load_dataset
+
+    dataset = build_dataset(load_dataset(spec), k_core=k_core, dedupe=dedupe)
+    return dataset, leave_one_out(dataset)
+
+
+def main(argv=None) -> dict:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        model_cfg, train_cfg = configs_from_args(args)
+        replace(model_cfg, n_items=1).validate()  # fail on a bad option before loading data
+        train_cfg.validate()
+        resolve_device(train_cfg.device)
+        dataset, split = load_data(args.dataset, args.k_core, args.dedupe)
+    except ValueError as err:
+        parser.error(str(err))
+    model, metrics = train(model_cfg, train_cfg, dataset, split)
+    if metrics:  # rank 0 only
+        provenance = {"dataset": args.dataset, "k_core": args.k_core, "dedupe": args.dedupe,
+                      "world_size": metrics["world_size"], "torch": torch.__version__}
+        version = save_checkpoint(args.out, model, dataset.vocab, dataset.titles,
+                                  dataset.popularity, {**asdict(train_cfg), **provenance}, metrics)
+        summary = {k: metrics[k] for k in ("best_epoch", "epochs_run", "time_to_best_s", "train_s")}
+        print(json.dumps({"out": args.out, "version": version, "test": metrics["test"], **summary},
+                         indent=2))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -34,7 +34,7 @@ class ModelConfig:
     rcl_temperature: float = 1.0
     # Prefixes per sequence on which the full-catalogue regularisers (PLR GRR, ReaRec-ERL KL) are
     # computed in all-prefix training; 0 = every prefix. Bounds their (prefixes, M*T, n_items) memory.
-    reg_prefixes: int = 0
+    reg_prefixes: int = 8
     kl_weight: float = 0.05  # ReaRec-ERL diversity weight
     pl_weight: float = 1.0  # ReaRec-PRL progressive CE weight
     temp_scale: float = 5.0  # ReaRec-PRL temperature annealing base (alpha)

@@ -1,0 +1,94 @@
+"""PLR: M parallel latent reasoning streams over one shared item context, fused by the MoRS gate.
+
+Inference scores h0 + z (dual-process), z = sum_m g_m z_m, z_m = mean of stream m's states over
+steps 1..T, g = softmax(W_g h0 + b). Training scores z alone on every prefix at once, and adds the
+GRR diversity term over all M*T states and RCL InfoNCE between two full dropout views
+(plr-method.md s.3). The item K/V passed to `user_vectors` are never modified.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import SequentialRecommender
+from .config import ModelConfig
+from .encoder import KV
+from .reasoning import diversity_loss, info_nce, reason, reason_all_prefixes, sample_prefixes
+
+
+class PLR(SequentialRecommender):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        d = cfg.d_model
+        self.triggers = nn.Parameter(cfg.init_std * torch.randn(cfg.n_streams, d))  # tau_m
+        # R: reasoning-position table, shared by the streams (they differ only by their trigger).
+        self.reason_pos = nn.Parameter(cfg.init_std * torch.randn(cfg.n_steps, d))
+        self.gate = nn.Linear(d, cfg.n_streams)  # MoRS; unused when cfg.use_gate is False
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        for p in (self.triggers, self.reason_pos):
+            nn.init.normal_(p, mean=0.0, std=self.cfg.init_std)
+
+    # -- shared by inference and training --------------------------------------------------------
+    def fuse(self, h0: Tensor, states: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """h0 (..., D), states (..., M, T, D) -> z (..., D), gate (..., M), z_m (..., M, D)."""
+        z_streams = states.mean(dim=-2)  # step 0 is not in the pool: h0 enters through h0 + z
+        if self.cfg.use_gate:
+            gate = torch.softmax(self.gate(h0), dim=-1)
+        else:
+            gate = h0.new_full((*h0.shape[:-1], self.cfg.n_streams), 1.0 / self.cfg.n_streams)
+        z = (gate.unsqueeze(-1) * z_streams).sum(dim=-2)
+        return z, gate, z_streams
+
+    # -- inference --------------------------------------------------------------------------------
+    def user_vectors(self, h0: Tensor, ctx_kv: KV, ctx_lens: Tensor, explain: bool = False):
+        """h0 + z (B, D). With explain, also {"gate": (B, M), "stream_vectors": (B, M, D)} where
+        stream_vectors[:, m] = h0 + z_m (stream m scored alone, dual-process), so that
+        vectors == sum_m gate[:, m] * stream_vectors[:, m]."""
+        states = reason(self.encoder, h0, ctx_kv, ctx_lens, self.triggers, self.reason_pos)
+        z, gate, z_streams = self.fuse(h0, states)
+        vectors = h0 + z
+        if not explain:
+            return vectors
+        return vectors, {"gate": gate, "stream_vectors": h0.unsqueeze(1) + z_streams}
+
+    # -- training ---------------------------------------------------------------------------------
+    def prefix_states(self, item_ids: Tensor, seq_lens: Tensor) -> tuple[Tensor, Tensor]:
+        """One dropout view: hidden (B, S, D) and all prefixes' reasoning states (B, S, M, T, D)."""
+        hidden, kv = self.encoder.encode(item_ids, seq_lens)
+        return hidden, reason_all_prefixes(self.encoder, hidden, kv, self.triggers, self.reason_pos)
+
+    def loss_terms(self, item_ids: Tensor, seq_lens: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        """Unweighted terms: "ce" on z; "grr" (= -mean KL) and "rcl" when their weights are > 0."""
+        keep = targets > 0  # (B, S)
+        hidden, states = self.prefix_states(item_ids, seq_lens)
+        z, _, _ = self.fuse(hidden, states)
+        terms = {"ce": F.cross_entropy(self.logits(z[keep]), targets[keep])}
+        if self.cfg.grr_weight > 0:
+            terms["grr"] = self.grr(states[sample_prefixes(keep, self.cfg.reg_prefixes)])
+        if self.cfg.rcl_weight > 0:
+            # The second view re-runs the encoder too: two full dropout views, as in the paper.
+            _, states_2 = self.prefix_states(item_ids, seq_lens)
+            terms["rcl"] = self.rcl(states, states_2, keep)
+        return terms
+
+    def loss(self, item_ids: Tensor, seq_lens: Tensor, targets: Tensor) -> tuple[Tensor, dict]:
+        terms = self.loss_terms(item_ids, seq_lens, targets)
+        weights = {"ce": 1.0, "grr": self.cfg.grr_weight, "rcl": self.cfg.rcl_weight}
+        total = sum(weights[name] * term for name, term in terms.items())
+        return total, {name: term.item() for name, term in terms.items()}
+
+    def grr(self, states: Tensor) -> Tensor:
+        """GRR over the M*T states of each row: states (N, M, T, D) -> -mean pairwise KL."""
+        n, m, t, d = states.shape
+        logits = self.encoder.scores(states.reshape(n, m * t, d))[..., 1:] / self.cfg.temperature
+        return diversity_loss(logits)
+
+    def rcl(self, states: Tensor, states_2: Tensor, keep: Tensor) -> Tensor:
+        """InfoNCE between the two views of each h_{k,m}; negatives: other users, same prefix."""
+        b, s, m, t, d = states.shape
+        view_1, view_2 = states.reshape(b, s, m * t, d), states_2.reshape(b, s, m * t, d)
+        return info_nce(view_1, view_2, keep, self.cfg.rcl_temperature)

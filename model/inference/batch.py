@@ -1,0 +1,163 @@
+"""Batched, ragged context building: cached rows + new items of many users -> one padded buffer.
+
+`ContextBuilder.build(pasts, news)` copies every user's cached rows into a padded (B, S, W)
+workspace in the cache row layout, runs the new items of all users through the encoder blocks with
+their K/V (and final hidden) written in place at per-row positions (gpt-fast style: the past is
+never concatenated), and returns per-layer K/V views, lengths, h0 and each user's new rows (copies).
+It never writes the caches' tensors. The workspace is reused: valid until the next `build` call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..encoder import KV, Encoder
+
+
+@dataclass
+class Context:
+    """The batch in its internal order (users grouped by new-item count); `inverse` maps back."""
+
+    rows: Tensor  # (B, S, W) workspace view in the cache row layout; rows >= lens[b] are stale
+    lens: Tensor  # (B,) long: real context length of each row
+    h0: Tensor  # (B, D) hidden state of each row's newest item
+    new_rows: list[Tensor]  # in request order: (N_b, W) fp32 CPU rows of the new items
+    inverse: Tensor | None  # (B,) request b is row inverse[b]; None when the order is unchanged
+    n_heads: int
+
+    def layer_kv(self) -> KV:
+        """Per-layer (K, V) each (B, H, S, Dh) strided views, right-padded to lens."""
+        d, h = self.h0.shape[1], self.n_heads
+        n_layers = (self.rows.shape[2] // d - 1) // 2
+        return [(_heads(self.rows, 2 * i * d, d, h), _heads(self.rows, (2 * i + 1) * d, d, h))
+                for i in range(n_layers)]
+
+    def to_request_order(self, t: Tensor) -> Tensor:
+        """(B, ...) rows in batch order -> request order."""
+        return t if self.inverse is None else t[self.inverse]
+
+
+def _heads(rows: Tensor, offset: int, d: int, n_heads: int) -> Tensor:
+    """(B, S, W) rows -> columns [offset, offset + d) as a (B, H, S, Dh) strided view (no copy)."""
+    return rows[..., offset : offset + d].unflatten(-1, (n_heads, d // n_heads)).transpose(1, 2)
+
+
+def _groups(n_new: list[int]) -> tuple[list[int], list[tuple[int, int]]]:
+    """Batch order (new-item count buckets 1, 2, 3-4, 5-8, ...; zero last) and group slices.
+
+    Bucketing bounds the padding waste of a ragged encoder pass to 2x per group, so one user's
+    long prefill does not pad everyone's single appended item to its length.
+    """
+    def bucket(n):
+        return math.inf if n == 0 else math.ceil(math.log2(n))
+
+    order = sorted(range(len(n_new)), key=lambda b: bucket(n_new[b]))
+    groups, start = [], 0
+    for pos in range(1, len(order) + 1):
+        if pos == len(order) or bucket(n_new[order[pos]]) != bucket(n_new[order[start]]):
+            if n_new[order[start]] > 0:
+                groups.append((start, pos))
+            start = pos
+    return order, groups
+
+
+class ContextBuilder:
+    def __init__(self, encoder: Encoder, device: torch.device):
+        self.encoder = encoder
+        self.device = device
+        cfg = encoder.cfg
+        self.n_layers, self.n_heads, self.d_model = cfg.n_layers, cfg.n_heads, cfg.d_model
+        self.width = (2 * cfg.n_layers + 1) * cfg.d_model
+        self.max_len = cfg.max_len
+        self._workspace = torch.zeros(0, device=device)  # grows, never shrinks; always finite
+
+    def _buffer(self, batch: int, size: int) -> Tensor:
+        numel = batch * size * self.width
+        if self._workspace.numel() < numel:
+            # Zeros, not empty: masked slots are read by attention and must never be NaN/inf.
+            self._workspace = torch.zeros(numel, device=self.device)
+        return self._workspace[:numel].view(batch, size, self.width)
+
+    def build(self, pasts: list[list[Tensor]], news: list[list[int]]) -> Context:
+        """pasts[b]: chunks of cached rows (P_b, W) (empty list = none); news[b]: new item indices.
+
+        Every user needs P_b + N_b >= 1 and P_b + N_b <= max_len (the caller applies the window).
+        """
+        dev = self.device
+        order, groups = _groups([len(items) for items in news])
+        pasts, news = [pasts[b] for b in order], [news[b] for b in order]
+        p_list = [sum(c.shape[0] for c in chunks) for chunks in pasts]
+        n_list = [len(items) for items in news]
+        lens_list = [a + b for a, b in zip(p_list, n_list)]
+        rows = self._buffer(len(order), max(lens_list))  # (B, S, W)
+        p, lens = torch.tensor(p_list, device=dev), torch.tensor(lens_list, device=dev)
+        cols = torch.arange(rows.shape[1], device=dev)
+        self._write_past(rows, pasts, p, cols)
+        new_slots = (cols >= p[:, None]) & (cols < lens[:, None])  # (B, S)
+        for start, stop in groups:
+            self._encode_group(rows[start:stop], new_slots[start:stop], news[start:stop],
+                               p[start:stop], lens[start:stop], max(lens_list[start:stop]))
+        h0 = rows[torch.arange(len(order), device=dev), lens - 1, -self.d_model :]  # (B, D)
+        fresh = rows[new_slots].cpu()  # (sum N, W): a copy, never a view of the workspace
+        new_rows = [None] * len(order)
+        for b, chunk in zip(order, fresh.split(n_list)):
+            new_rows[b] = chunk
+        inverse = None
+        if order != sorted(order):
+            inverse = torch.tensor(sorted(range(len(order)), key=order.__getitem__), device=dev)
+        return Context(rows, lens, h0, new_rows, inverse, self.n_heads)
+
+    def _write_past(self, rows: Tensor, pasts: list[list[Tensor]], p: Tensor, cols: Tensor) -> None:
+        if self.device.type == "cpu":  # one memcpy per chunk straight from the caches
+            for b, chunks in enumerate(pasts):
+                at = 0
+                for chunk in chunks:
+                    rows[b, at : at + chunk.shape[0]].copy_(chunk)
+                    at += chunk.shape[0]
+            return
+        chunks = [c for user in pasts for c in user]
+        if chunks:  # accelerators: one host-to-device transfer; a bool mask indexes in (b, s) order
+            flat = torch.cat(chunks)
+            if self.device.type == "cuda":
+                flat = flat.pin_memory()
+            rows[cols < p[:, None]] = flat.to(self.device, non_blocking=True)
+
+    def _encode_group(self, rows: Tensor, dst: Tensor, ids: list[list[int]], p: Tensor,
+                      lens: Tensor, s_max: int) -> None:
+        """Encode new items of a contiguous slice of batch rows, writing their rows in place.
+
+        rows: (G, S, W) view; dst: bool (G, S) the slots of the new items; p, lens (G,) past and
+        total lengths, s_max their maximum. Each layer writes the new items' [K | V], and the last
+        block's output fills their hidden column.
+        """
+        dev, d = self.device, self.d_model
+        n_max = max(len(row) for row in ids)
+        item_ids = torch.tensor([row + [0] * (n_max - len(row)) for row in ids], device=dev)
+        j = torch.arange(n_max, device=dev)
+        positions = (p[:, None] + j).clamp_(max=self.max_len - 1)  # padded columns: any valid index
+        # Query (b, j) sees slots < P_b + j + 1 (itself and everything older); padded queries see the
+        # whole row so no softmax row is empty.
+        visible = torch.minimum(p[:, None] + j + 1, lens[:, None])  # (G, N)
+        mask = (torch.arange(s_max, device=dev) < visible[..., None]).unsqueeze(1)  # (G, 1, N, S)
+        real = None if all(len(row) == n_max for row in ids) else j < (lens - p)[:, None]  # (G, N)
+        x = self.encoder.embed_items(item_ids, positions)  # (G, N, D)
+        for layer, block in enumerate(self.encoder.blocks):
+            # Block.project's layout: qkv columns are [q | k | v], each (H, Dh) flattened, so
+            # columns D:3D are this layer's [K | V] segment of a cache row.
+            qkv = F.linear(x, block.qkv.weight, block.qkv.bias)  # (G, N, 3D)
+            rows[..., 2 * layer * d : 2 * (layer + 1) * d][dst] = _select(qkv[..., d:], real)
+            q = qkv[..., :d].unflatten(-1, (self.n_heads, -1)).transpose(1, 2)  # (G, H, N, Dh)
+            keys = _heads(rows[:, :s_max], 2 * layer * d, d, self.n_heads)
+            values = _heads(rows[:, :s_max], (2 * layer + 1) * d, d, self.n_heads)
+            x = block.finish(x, block.attend(q, keys, values, mask))
+        rows[..., -d:][dst] = _select(x, real)
+
+
+def _select(t: Tensor, real: Tensor | None) -> Tensor:
+    """(G, N, X) -> (sum N, X): the real (non-padded) tokens in (row, column) order."""
+    return t.flatten(0, 1) if real is None else t[real]

@@ -1,0 +1,54 @@
+"""Turning a batch of score rows into top-k lists: exclusions, exact k, and explain details.
+
+Excluded items (seen history, deny list) and the padding column are set to -inf, so top-k returns
+exactly min(k, items left) real items per user, never the padding index 0. `explain_details`
+scores any per-stream/per-step vectors a model reports under the same exclusions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def exclude_items(scores: Tensor, item_lists: Sequence[Tensor]) -> None:
+    """In place: scores[b, item] = -inf for every item of item_lists[b] (1-D long CPU tensors)."""
+    lengths = torch.tensor([t.numel() for t in item_lists])
+    if int(lengths.sum()) == 0:
+        return
+    rows = torch.repeat_interleave(torch.arange(len(item_lists)), lengths)
+    items = torch.cat(list(item_lists))
+    scores.index_put_((rows.to(scores.device), items.to(scores.device)),
+                      torch.tensor(float("-inf"), device=scores.device))
+
+
+def top_k(scores: Tensor, ks: Sequence[int]) -> list[tuple[list[int], list[float]]]:
+    """Per row b: the min(ks[b], finite entries) best (item indices, scores), best first."""
+    available = torch.isfinite(scores).sum(dim=1).tolist()
+    take = [min(k, a) for k, a in zip(ks, available)]
+    k_max = max(take)
+    if k_max == 0:
+        return [([], []) for _ in ks]
+    values, indices = scores.topk(k_max, dim=1)  # sorted, best first
+    values, indices = values.cpu().tolist(), indices.cpu().tolist()
+    return [(indices[b][:t], values[b][:t]) for b, t in enumerate(take)]
+
+
+def explain_details(details: dict, model, row: int, excluded: Tensor, k: int) -> dict:
+    """One user's explain dict from a model's batched details (leading dim B, request order).
+
+    "<name>_vectors" (B, X, D) become "<name>s": the top-k item indices of each of the X vectors,
+    scored like the main list (e.g. PLR "stream_vectors" -> "streams"); other tensors become lists.
+    excluded: bool (n_items + 1,) True where the main list excluded the item.
+    """
+    out = {}
+    for key, value in details.items():
+        if key.endswith("_vectors") and value.dim() == 3:
+            scores = model.score(value[row]).masked_fill(excluded, float("-inf"))  # (X, n_items + 1)
+            tops = top_k(scores, [k] * scores.shape[0])
+            out[key.removesuffix("_vectors") + "s"] = [items for items, _ in tops]
+        else:
+            out[key] = value[row].tolist()
+    return out

@@ -1,0 +1,96 @@
+"""`create_app(settings)`: the one place that wires routers, middleware and error mapping.
+
+Domain errors map to HTTP here and nowhere else: InputError -> 422 (field + limit), UnknownModel /
+UnknownUser -> 404, StoreUnavailable -> 503 + Retry-After, oversized body -> 413, missing API key
+-> 401. Anything else is a bug: logged, counted, answered 500 without internals.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from .errors import InputError, StoreUnavailable, UnknownModel, UnknownUser
+from .lifecycle import AppState
+from .middleware import BodyLimitMiddleware, MetricsMiddleware
+from .routes import events, ops, recommend, users
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """PLR sequential recommender with per-user transformer KV caches in Redis.
+
+Send a user's history (or a user_id whose history is stored) and get the top-k next items.
+See docs/api.md for the full contract, semantics and error codes."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    state = AppState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    app = FastAPI(title="PLR recommender", version="1.0", description=DESCRIPTION,
+                  lifespan=lifespan)
+    app.state.plr = state
+    for router in (recommend.router, events.router, users.router, ops.models_router,
+                   ops.probes_router):
+        app.include_router(router)
+    _register_errors(app, state)
+    # The last added is the outermost: metrics see every response, 413s included; the size
+    # limit still applies before anything reads the body.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    return app
+
+
+def _validation_detail(errors) -> list[dict]:
+    # Keep location, message and type; drop the echoed input (it can be a 1 MB history).
+    return [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in errors]
+
+
+def _register_errors(app: FastAPI, state: AppState) -> None:
+    def count(kind: str) -> None:
+        state.metrics.error(kind)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        count("invalid_request")
+        return JSONResponse({"detail": _validation_detail(exc.errors())}, status_code=422)
+
+    @app.exception_handler(InputError)
+    async def invalid_input(request: Request, exc: InputError):
+        count("invalid_request")
+        detail = {"loc": list(exc.field), "msg": exc.message, "type": exc.kind}
+        if isinstance(exc.value, list):
+            detail["input"] = exc.value[:100]
+        return JSONResponse({"detail": [detail]}, status_code=422)
+
+    @app.exception_handler(UnknownModel)
+    @app.exception_handler(UnknownUser)
+    async def not_found(request: Request, exc: Exception):
+        count("not_found")
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_down(request: Request, exc: StoreUnavailable):
+        count("store_unavailable")
+        return JSONResponse({"detail": str(exc)}, status_code=503,
+                            headers={"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception):
+        count("internal")
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal server error"}, status_code=500)

@@ -1,0 +1,32 @@
+"""Reusable route dependencies: the app's services, and the optional Bearer API key check."""
+
+from __future__ import annotations
+
+import secrets
+
+from fastapi import HTTPException, Request
+
+from .lifecycle import AppState
+from .services import Services
+
+
+def app_state(request: Request) -> AppState:
+    return request.app.state.plr
+
+
+def services(request: Request) -> Services:
+    return request.app.state.plr.services
+
+
+def require_api_key(request: Request) -> None:
+    """401 unless `Authorization: Bearer <PLR_API_KEY>` (no-op when no key is configured)."""
+    expected = request.app.state.plr.settings.api_key
+    if expected is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), expected.encode()):
+        raise HTTPException(
+            status_code=401,
+            detail="missing or wrong API key: send 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )

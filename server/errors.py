@@ -1,0 +1,46 @@
+"""Domain errors raised by services and the store; `server.app` maps each to one HTTP status.
+
+Services never build HTTP responses themselves, so the mapping (422/404/401/413/503) lives in one
+place and a bad input can never surface as a 500.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+class ServiceError(Exception):
+    """Base of every error the HTTP layer knows how to answer."""
+
+
+class InputError(ServiceError):
+    """422: a request field breaks a limit; `field` is its location, e.g. ("body", "history")."""
+
+    def __init__(self, field: tuple[str, ...], message: str, kind: str = "value_error", value=None):
+        super().__init__(message)
+        self.field, self.message, self.kind, self.value = field, message, kind, value
+
+
+class UnknownItems(InputError):
+    def __init__(self, field: tuple[str, ...], item_ids: list[str], model: str | None = None):
+        where = f" for model {model!r}" if model else ""
+        shown = item_ids[:20] + (["..."] if len(item_ids) > 20 else [])
+        super().__init__(field, f"unknown item ids{where}: {shown}", "unknown_items", item_ids)
+
+
+class UnknownModel(ServiceError):
+    def __init__(self, name: str, available: list[str]):
+        super().__init__(f"unknown model {name!r}; available: {available}")
+
+
+class UnknownUser(ServiceError):
+    def __init__(self, user_id: str):
+        super().__init__(f"no stored history for user {user_id!r}")
+
+
+class StoreUnavailable(ServiceError):
+    """503: the store is unreachable and the request needs it."""
+
+    def __init__(self, retry_after_s: float = 1.0):
+        super().__init__("the user store is unavailable; retry later")
+        self.retry_after = max(1, math.ceil(retry_after_s))

@@ -1,0 +1,63 @@
+"""Deployment knobs: one `Settings` object read from `PLR_*` environment variables (and `REDIS_URL`).
+
+Every field has a working local default (embedded Redis, CPU, models under artifacts/models).
+Nothing here runs at import time: build `Settings()` where the process starts, pass it down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PLR_", extra="ignore")
+
+    # Models: every subdirectory of models_dir is a checkpoint, served under the directory's name.
+    models_dir: Path = Path("artifacts/models")
+    default_model: str = "plr"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int | None = Field(None, ge=1, description="None = torch's default")
+
+    # Store. No URL = an embedded redis-server started by the process (local/dev/tests).
+    redis_url: str | None = Field(
+        None, validation_alias=AliasChoices("REDIS_URL", "PLR_REDIS_URL", "redis_url")
+    )
+    redis_cluster: bool = Field(False, description="REDIS_URL names one node of a Redis Cluster")
+    redis_timeout_s: float = Field(1.0, gt=0)
+    embedded_redis_dir: Path | None = Field(None, description="None = a fresh temp dir")
+    kv_ttl_seconds: int | None = Field(7 * 24 * 3600, ge=1, description="None = no TTL")
+    history_ttl_seconds: int | None = Field(None, ge=1, description="None = keep forever")
+    kv_dtype: Literal["fp32", "fp16"] = "fp32"
+    max_stored_history: int = Field(
+        10_000, ge=2, description="past this the oldest half of a stored history is dropped"
+    )
+    events_extend_cache: bool = Field(
+        True, description="POST /events extends cached KV now (False: next /recommend does it)"
+    )
+
+    # Limits and security.
+    api_key: str | None = Field(None, description="None = no auth")
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    max_history: int = Field(2000, ge=1, le=100_000)
+    max_k: int = Field(1000, ge=1, le=1000)
+
+    # Micro-batching.
+    batch_max_size: int = Field(64, ge=1)
+    batch_max_wait_ms: float = Field(2.0, ge=0)
+
+    # HTTP.
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, description="uvicorn worker processes (python -m server)")
+    log_level: str = "info"
+
+    @field_validator("api_key", "redis_url", "torch_threads", "kv_ttl_seconds",
+                     "history_ttl_seconds", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value):
+        # `PLR_API_KEY=` (e.g. compose's ${PLR_API_KEY:-}) means "not set", not "the empty key".
+        return None if isinstance(value, str) and value.strip() == "" else value

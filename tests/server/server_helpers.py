@@ -1,0 +1,31 @@
+"""Shared by the server tests (imported by name, so it must not be called conftest): tiny
+synthetic checkpoints — random init, d=16, 50 items — for API tests, never for accuracy."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from model.checkpoint import save_checkpoint
+from model.config import ModelConfig
+from model.data import ItemVocab
+from model.registry import build_model
+
+N_ITEMS = 50
+ITEM_IDS = [str(1000 + i) for i in range(N_ITEMS)]  # external ids differ from indices on purpose
+MAX_LEN = 8  # small, so tests cross the serving window's restart
+
+
+def save_tiny(directory, kind: str, seed: int, item_ids: list[str] = ITEM_IDS) -> str:
+    """A synthetic (random-init) checkpoint; popularity decreases with the index."""
+    import torch
+
+    torch.manual_seed(seed)
+    n_items = len(item_ids)
+    cfg = ModelConfig(kind=kind, n_items=n_items, d_model=16, n_layers=2, n_heads=2, d_ff=32,
+                      max_len=MAX_LEN, n_steps=2, n_streams=3, dropout=0.1)
+    model = build_model(cfg)
+    titles = {i: f"Item {item_ids[i - 1]}" for i in range(1, 11)}  # titles known for 10 items
+    popularity = np.arange(n_items + 1)[::-1].copy()
+    popularity[0] = 0
+    return save_checkpoint(directory, model, ItemVocab(item_ids), titles, popularity,
+                           train_config={"synthetic": True}, metrics={"note": "synthetic"})

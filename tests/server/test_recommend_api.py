@@ -1,0 +1,191 @@
+"""POST /recommend end to end: every cache outcome, parity with full recompute, request semantics.
+Models are synthetic (random init, d=16, 50 items, max_len 8)."""
+
+from __future__ import annotations
+
+import pytest
+
+from server_helpers import ITEM_IDS, MAX_LEN, save_tiny
+from server.store import hist_key, kv_key
+
+
+def rec(client, **body):
+    response = client.post("/recommend", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def events(client, user_id, item_ids, **extra):
+    response = client.post("/events", json={"user_id": user_id, "item_ids": item_ids, **extra})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def assert_same_answer(a, b, tol=1e-4):
+    assert [i["item_id"] for i in a["items"]] == [i["item_id"] for i in b["items"]]
+    for x, y in zip(a["items"], b["items"]):
+        assert abs(x["score"] - y["score"]) <= tol
+
+
+def test_cache_outcomes_miss_hit_extended_rebuilt_bypass(make_client):
+    client = make_client(events_extend_cache=False)
+    events(client, "u1", ITEM_IDS[:3])
+    assert rec(client, user_id="u1")["cache"] == "miss"
+    assert rec(client, user_id="u1")["cache"] == "hit"
+    events(client, "u1", ITEM_IDS[3:5])
+    assert rec(client, user_id="u1")["cache"] == "extended"
+    # user_id + history: the stored history is a prefix -> extend; otherwise rebuild.
+    assert rec(client, user_id="u1", history=ITEM_IDS[:6])["cache"] == "extended"
+    replaced = rec(client, user_id="u1", history=ITEM_IDS[20:23])
+    assert (replaced["cache"], replaced["history_length"]) == ("rebuilt", 3)
+    assert client.get("/users/u1").json()["history"] == ITEM_IDS[20:23]
+    assert rec(client, history=ITEM_IDS[:3])["cache"] == "bypass"
+    assert rec(client, user_id="u1", use_cache=False)["cache"] == "bypass"
+
+
+def test_events_extend_existing_caches_of_every_model(client):
+    events(client, "u1", ITEM_IDS[:3])
+    for model in ("plr", "sasrec"):
+        assert rec(client, user_id="u1", model=model)["cache"] == "miss"
+    answer = events(client, "u1", ITEM_IDS[3:4])
+    assert answer["caches"] == {"plr": "extended", "sasrec": "extended"}
+    assert answer["cache"] == "extended" and answer["history_length"] == 4
+    assert rec(client, user_id="u1")["cache"] == "hit"
+
+
+@pytest.mark.parametrize("model", ["plr", "sasrec"])
+def test_cached_answers_equal_full_recompute_across_window_restarts(client, model):
+    for step, item in enumerate(ITEM_IDS[: 2 * MAX_LEN + 3]):
+        events(client, "u1", [item])
+        cached = rec(client, user_id="u1", model=model, k=10)
+        full = rec(client, user_id="u1", model=model, k=10, use_cache=False)
+        assert cached["cache"] in ({"miss"} if step == 0 else {"hit", "extended"})
+        assert_same_answer(cached, full)
+        assert cached["history_length"] == step + 1
+
+
+def test_request_history_user_matches_stateless_answer(client):
+    stateful = rec(client, user_id="u2", history=ITEM_IDS[5:15], k=7)
+    stateless = rec(client, history=ITEM_IDS[5:15], k=7)
+    assert_same_answer(stateful, stateless)
+    assert stateless["user_id"] is None and stateless["history_length"] == 10
+
+
+def test_stateless_and_use_cache_false_write_nothing(client, raw_redis):
+    rec(client, history=ITEM_IDS[:4])
+    assert raw_redis.dbsize() == 0
+    events(client, "u1", ITEM_IDS[:4])
+    before = sorted(raw_redis.keys())
+    rec(client, user_id="u1", use_cache=False)
+    rec(client, user_id="u1", history=ITEM_IDS[:9], use_cache=False)
+    assert sorted(raw_redis.keys()) == before
+    assert client.get("/users/u1").json()["history_length"] == 4
+
+
+def test_exact_k_exclude_seen_and_titles(client):
+    history = ITEM_IDS[:5]
+    answer = rec(client, history=history, k=12)
+    ids = [i["item_id"] for i in answer["items"]]
+    assert len(ids) == 12 and len(set(ids)) == 12 and not set(ids) & set(history)
+    scores = [i["score"] for i in answer["items"]]
+    assert scores == sorted(scores, reverse=True)
+    with_seen = rec(client, history=history, k=50, exclude_seen=False)
+    assert len(with_seen["items"]) == 50
+    titled = {i["item_id"]: i["title"] for i in with_seen["items"]}
+    assert titled[ITEM_IDS[0]] == f"Item {ITEM_IDS[0]}" and titled[ITEM_IDS[30]] is None
+    # Fewer than k left after excluding the seen items: all that are left, never a seen one.
+    assert len(rec(client, history=ITEM_IDS[:45], k=50)["items"]) == 5
+
+
+def test_integer_item_ids_are_accepted_and_returned_as_strings(client):
+    answer = rec(client, history=[int(i) for i in ITEM_IDS[:3]], k=3)
+    assert all(isinstance(i["item_id"], str) for i in answer["items"])
+    assert_same_answer(answer, rec(client, history=ITEM_IDS[:3], k=3))
+
+
+def test_unknown_user_gets_popularity_flagged(client, raw_redis):
+    answer = rec(client, user_id="nobody", k=3)
+    assert answer["fallback"] == "popularity" and answer["history_length"] == 0
+    assert [i["item_id"] for i in answer["items"]] == ITEM_IDS[:3]  # fixture popularity order
+    assert raw_redis.dbsize() == 0
+
+
+def test_explain_plr_reports_gate_and_top_items_per_stream(client):
+    answer = rec(client, history=ITEM_IDS[:6], k=4, explain=True)
+    streams = answer["explain"]["streams"]
+    assert len(streams) == 3  # n_streams of the fixture
+    assert abs(sum(s["gate_weight"] for s in streams) - 1) < 1e-5
+    assert all(len(s["items"]) == 4 for s in streams)
+    assert rec(client, history=ITEM_IDS[:6], k=4)["explain"] is None
+    assert rec(client, history=ITEM_IDS[:6], model="sasrec", explain=True)["explain"] is None
+
+
+def test_model_choice_and_versions(client):
+    models = client.get("/models").json()
+    assert models["default"] == "plr"
+    by_name = {m["name"]: m for m in models["models"]}
+    assert by_name["plr"]["kind"] == "plr" and by_name["sasrec"]["kind"] == "sasrec"
+    assert by_name["plr"]["config"]["n_items"] == 50 and by_name["plr"]["default"]
+    answer = rec(client, history=ITEM_IDS[:3], model="sasrec")
+    assert (answer["model"], answer["model_version"]) == ("sasrec", by_name["sasrec"]["version"])
+
+
+def test_stale_or_corrupt_caches_are_never_served(make_client, models_dir, raw_redis, tmp_path):
+    client = make_client()
+    events(client, "u1", ITEM_IDS[:5])
+    rec(client, user_id="u1")
+    old_version = client.get("/models").json()["models"][0]["version"]
+    old_kv = raw_redis.get(kv_key("u1", old_version))
+    assert old_kv is not None
+
+    # A retrained model (new weights -> new version) never reads the old version's key ...
+    retrained = tmp_path / "models"
+    save_tiny(retrained / "plr", "plr", seed=42)
+    new = make_client(models_dir=retrained)
+    new_version = new.get("/models").json()["models"][0]["version"]
+    assert new_version != old_version
+    first = rec(new, user_id="u1")
+    assert first["cache"] == "miss"
+    assert_same_answer(first, rec(new, user_id="u1", use_cache=False))
+    # ... and old bytes planted under the new version's key are detected and rebuilt.
+    raw_redis.set(kv_key("u1", new_version), old_kv)
+    planted = rec(new, user_id="u1")
+    assert planted["cache"] == "rebuilt"
+    assert_same_answer(planted, first)
+    # Torn / corrupted bytes too.
+    value = bytearray(raw_redis.get(kv_key("u1", new_version)))
+    value[-10] ^= 0xFF
+    raw_redis.set(kv_key("u1", new_version), bytes(value))
+    assert rec(new, user_id="u1")["cache"] == "rebuilt"
+    # A cache whose covered length disagrees with the history (history rewritten behind its back).
+    raw_redis.lset(hist_key("u1"), 0, ITEM_IDS[40])
+    disagree = rec(new, user_id="u1")
+    assert disagree["cache"] == "rebuilt"
+    assert_same_answer(disagree, rec(new, user_id="u1", use_cache=False))
+
+
+def test_fp16_kv_cache_stays_close_to_full_recompute(make_client, raw_redis):
+    client = make_client(kv_dtype="fp16")
+    for item in ITEM_IDS[:6]:
+        events(client, "u1", [item])
+        rec(client, user_id="u1")
+    cached, full = rec(client, user_id="u1"), rec(client, user_id="u1", use_cache=False)
+    assert cached["cache"] == "hit"
+    for x, y in zip(cached["items"], full["items"]):
+        assert abs(x["score"] - y["score"]) < 1e-2
+
+
+def test_concurrent_requests_are_batched_into_one_forward(make_client):
+    import concurrent.futures
+
+    client = make_client(batch_max_wait_ms=50, batch_max_size=16)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: rec(client, history=ITEM_IDS[i:i + 4], k=5), range(8)))
+    assert all(len(a["items"]) == 5 for a in answers)
+    metrics = client.get("/metrics").text
+    sizes = [line for line in metrics.splitlines()
+             if line.startswith('plr_batch_size_bucket{le="1.0",model="plr"}')]
+    count = [line for line in metrics.splitlines()
+             if line.startswith('plr_batch_size_count{model="plr"}')]
+    # 8 requests (+1 warm-up is not counted): fewer forwards than requests.
+    assert float(count[0].split()[-1]) < 8, (sizes, count)

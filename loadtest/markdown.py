@@ -1,0 +1,329 @@
+"""Render docs/latency.md from step results and report.headline(); text only, no computation
+beyond picking and formatting, so every number in the page comes from a measured step."""
+
+from loadtest.stats import QUANTILES
+
+
+def _f(value, digits=2, suffix="") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}{suffix}"
+    return f"{value}{suffix}"
+
+
+def _met(value, goal, higher_is_better=False) -> str:
+    if value is None:
+        return "not measured"
+    return "yes" if (value >= goal if higher_is_better else value <= goal) else "no"
+
+
+def _stat(result, name, key):
+    return result["summary"]["by_name"].get(name, {}).get(key)
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def _machine_load(results: list[dict], cores: int) -> str:
+    loads = [x for r in results for x in r.get("loadavg_1m") or [] if x is not None]
+    if not loads:
+        return "- Machine load: not recorded."
+    worst = max(loads)
+    verdict = (
+        f"above the {cores} cores: other processes competed with the test and the numbers "
+        "are pessimistic"
+        if worst > cores
+        else f"within the {cores} cores"
+    )
+    return f"- Machine load (1-min load average around each step): up to {worst:.1f}, {verdict}."
+
+
+def _model_versions(server_models: dict) -> str:
+    served = server_models.get("models") or []
+    if not served:
+        return "- Served models: not reported by GET /models."
+    names = ", ".join(
+        f"{m['name']} (kind {m.get('kind')}, version {m.get('version')})" for m in served
+    )
+    return f"- Served models (GET /models): {names}."
+
+
+def _setup(ctx: dict, slo_ms: float, results: list[dict]) -> list[str]:
+    versions = ", ".join(f"{k} {v}" for k, v in ctx["versions"].items())
+    data = f"{ctx['dataset']}" + (" (SYNTHETIC)" if ctx["synthetic"] else "")
+    return [
+        "## Setup",
+        "",
+        f"- Date: {ctx['date']}; mode `{ctx['mode']}`; run wall time {ctx['wall_s']} s.",
+        f"- Command: `{ctx['command']}`",
+        f"- Hardware: {ctx['cpu']}, {ctx['cores']} cores, {ctx['platform']}.",
+        f"- Pinning: server + its embedded Redis on CPU {ctx['server_cpus']} (torch threads 1, "
+        f"BLAS/OpenMP 1), the empty floor app on the same CPU, locust on CPU {ctx['locust_cpus']}: "
+        "the serving stack gets one core.",
+        _machine_load(results, ctx["cores"]),
+        f"- Versions: {versions}.",
+        f"- Models: {', '.join(ctx['models'])} from `{ctx.get('models_dir', 'artifacts/models')}`"
+        f"; max_len {ctx['max_len']}.",
+        _model_versions(ctx.get("server_models") or {}),
+        f"- Workload: users and histories from {data}; pools (users) {ctx['pools']}. Zipf (s=1) "
+        "user popularity over a seeded shuffle of users; /events : /recommend = 1:1; constant "
+        "arrivals, open loop (requests fire on schedule, each in its own greenlet); latency is "
+        "measured from the scheduled send time.",
+        f"- Each step: {ctx['warmup_s']:g} s warm-up (excluded), {ctx['measure_s']:g} s measured "
+        "(length steps warm up longer, to start every user first).",
+        "- *steady* = `/recommend` by user_id (stored history and cache) + `/events` (one item). "
+        "A user's first request in a step is a session start (`/recommend` with the full "
+        "history), reported apart.",
+        f"- SLO: steady p99 <= {slo_ms:g} ms, zero errors, achieved and completed rate within 5% "
+        "of offered. Achieved counts requests actually sent inside the window; *send lateness* "
+        "is how late locust sent them (generator overload shows there; it is in the latency).",
+        "",
+    ]
+
+
+def _headline(head: dict, models: list[str], goals: dict) -> list[str]:
+    worst, worst99 = head["worst_p50_ratio"], head["worst_p99_ratio"]
+    where = "both met the SLO" if head["ratio_rates_pass"] else "both ran (none passed both)"
+    gp, ev = head["goodput"], head["events_length"]
+    a, b = (models + [None, None])[:2]
+    rows = [
+        [
+            f"{a}/{b} /recommend p50 ratio, worst rate where {where}",
+            _f(worst, 3),
+            f"<= {goals['p50_ratio']}",
+            _met(worst, goals["p50_ratio"]),
+        ],
+        [f"{a}/{b} /recommend p99 ratio, same rates", _f(worst99, 3), "-", "-"],
+        [
+            f"goodput {a} / empty floor ({_f(gp.get(a), 0)} / {_f(gp.get('empty'), 0)} req/s)",
+            _f(head["goodput_fraction"], 3),
+            f">= {goals['goodput_fraction']}",
+            _met(head["goodput_fraction"], goals["goodput_fraction"], True),
+        ],
+        [f"goodput {b}", _f(gp.get(b), 0, " req/s"), "-", "-"],
+        [
+            f"/events p50 at history {ev['long']} vs {ev['short']}",
+            _f(ev["p50_ratio"], 3),
+            f"<= {goals['events_length_ratio']}",
+            _met(ev["p50_ratio"], goals["events_length_ratio"]),
+        ],
+        [
+            "5xx responses, all steps",
+            head["status_5xx"],
+            "0",
+            "yes" if head["status_5xx"] == 0 else "no",
+        ],
+        ["errors (non-2xx, timeouts, drops), all steps", head["errors"], "-", "-"],
+        [
+            "steps whose achieved rate was within 5% of offered",
+            f"{head['steps'] - len(head['rate_misses'])}/{head['steps']}",
+            "all",
+            "yes" if not head["rate_misses"] else "no: " + ", ".join(head["rate_misses"]),
+        ],
+    ]
+    return ["## Headline", ""] + _table(["measure", "value", "goal", "met"], rows) + [""]
+
+
+def _ladder(results: list[dict], group: str, title: str) -> list[str]:
+    chosen = sorted(
+        (r for r in results if r["step"]["group"] == group),
+        key=lambda r: (r["step"]["rate"], r["step"]["model"] or ""),
+    )
+    if not chosen:
+        return []
+    header = [
+        "rate/s",
+        "model",
+        "achieved/s",
+        "n",
+        *[f"p{q:g} ms" for q in QUANTILES],
+        "/recommend p50",
+        "/recommend p99",
+        "/events p50",
+        "session p50",
+        "errors",
+        "send lateness p99",
+        "load avg",
+        "SLO",
+    ]
+    rows = [
+        [
+            f"{r['step']['rate']:g}",
+            r["step"]["model"] or "empty",
+            _f(r["summary"]["achieved_rate"], 1),
+            _stat(r, "steady", "n"),
+            *[_f(_stat(r, "steady", f"p{q:g}")) for q in QUANTILES],
+            _f(_stat(r, "/recommend", "p50")),
+            _f(_stat(r, "/recommend", "p99")),
+            _f(_stat(r, "/events", "p50")),
+            _f(_stat(r, "/recommend [session]", "p50")),
+            r["summary"]["errors"],
+            _f(r["summary"]["lateness_p99_ms"]),
+            _f(max(r.get("loadavg_1m") or [None]), 1),
+            "pass" if r["passes_slo"] else "fail",
+        ]
+        for r in chosen
+    ]
+    return [f"## {title}", ""] + _table(header, rows) + [""]
+
+
+def _ratios(head: dict, models: list[str]) -> list[str]:
+    if not head["ratios"]:
+        return []
+    header = ["rate/s", "/recommend p50", "/recommend p99", "steady p50", "steady p99"]
+    rows = [
+        [
+            f"{r['rate']:g}",
+            *[_f(r[f"{n}_{k}_ratio"], 3) for n in ("/recommend", "steady") for k in ("p50", "p99")],
+        ]
+        for r in head["ratios"]
+    ]
+    return (
+        [f"## {models[0]} / {models[1]} latency ratios at the same offered rate", ""]
+        + _table(header, rows)
+        + [""]
+    )
+
+
+def _cache(head: dict) -> list[str]:
+    if not head["cache"]:
+        return []
+    header = ["model", "rate/s", "on p50", "on p99", "off p50", "off p99", "off/on p50"]
+    rows = [
+        [
+            r["model"],
+            f"{r['rate']:g}",
+            _f(r["on_p50"]),
+            _f(r["on_p99"]),
+            _f(r["off_p50"]),
+            _f(r["off_p99"]),
+            _f(r["off_on_p50_ratio"], 2),
+        ]
+        for r in head["cache"]
+    ]
+    return (
+        [
+            "## Cache on vs off (/recommend only, histories at max_len, ms)",
+            "",
+            "Cache on: `/recommend` by user_id reads the stored KV cache; off: `use_cache: false` "
+            "with the history in the request, recomputed from scratch.",
+            "",
+            "![cache](latency/cache_on_off.png)",
+            "",
+        ]
+        + _table(header, rows)
+        + [""]
+    )
+
+
+def _events(results: list[dict]) -> list[str]:
+    chosen = [r for r in results if r["step"]["group"] == "length"]
+    if not chosen:
+        return []
+    header = ["step", "pool", "rate/s", "users", "/events n", "p50 ms", "p99 ms", "errors"]
+    rows = [
+        [
+            r["step"]["name"],
+            r["step"]["pool"],
+            f"{r['step']['rate']:g}",
+            r["step"]["users"],
+            _stat(r, "/events", "n"),
+            _f(_stat(r, "/events", "p50")),
+            _f(_stat(r, "/events", "p99")),
+            r["summary"]["errors"],
+        ]
+        for r in chosen
+    ]
+    return (
+        [
+            "## /events by history length",
+            "",
+            "Events only; each user starts at the pool's length and gets at most a few events in "
+            "the window.",
+            "",
+        ]
+        + _table(header, rows)
+        + [""]
+    )
+
+
+def _stages(results: list[dict], models: list[str]) -> list[str]:
+    ladder = [
+        r for r in results if r["step"]["group"] == "ladder" and r["passes_slo"] and r.get("stages")
+    ]
+    by_model = {}
+    for r in ladder:
+        by_model.setdefault(r["step"]["model"], []).append(r)
+    common = (
+        set.intersection(*[{r["step"]["rate"] for r in rs} for rs in by_model.values()])
+        if by_model
+        else set()
+    )
+    if not common:
+        return []
+    rate = max(common)
+    rows = []
+    for r in ladder:
+        if r["step"]["rate"] != rate:
+            continue
+        for s in r["stages"]:
+            rows.append([
+                r["step"]["name"],
+                s["metric"],
+                s["labels"],
+                int(s["count"]),
+                _f(s["mean"], 3),
+                _f(s["p50"], 3),
+                _f(s["p99"], 3),
+                s["unit"],
+            ])
+    return (
+        [
+            f"## Server stages at {rate:g} req/s (GET /metrics histograms, diffed over the step)",
+            "",
+            "Bucketed: p50/p99 interpolate inside Prometheus buckets. Every step's stages are in "
+            "[latency/stages.csv](latency/stages.csv).",
+            "",
+        ]
+        + _table(["step", "metric", "labels", "count", "mean", "p50", "p99", "unit"], rows)
+        + [""]
+    )
+
+
+def render(results: list[dict], ctx: dict, head: dict, slo_ms: float, goals: dict) -> str:
+    models = ctx["models"]
+    lines = [
+        "# Serving latency: PLR vs SASRec under open-loop load",
+        "",
+        f"Generated by `{ctx['command']}`; do not edit by hand.",
+        "",
+    ]
+    if ctx["mode"] != "full":
+        lines += [
+            f"**Mode `{ctx['mode']}`: a quick validation run with short steps; publish numbers "
+            "from `--mode full`.**",
+            "",
+        ]
+    lines += _setup(ctx, slo_ms, results) + _headline(head, models, goals)
+    if any(r["step"]["group"] in ("ladder", "floor") for r in results):
+        lines += ["![latency vs rate](latency/latency_vs_rate.png)", ""]
+    lines += _ladder(
+        results, "ladder", "Ladder: models alternate at each rate (steady requests, ms)"
+    )
+    lines += _ratios(head, models) + _cache(head) + _events(results)
+    lines += _ladder(results, "floor", "Floor: the empty FastAPI app, same traffic (ms)")
+    lines += _stages(results, models)
+    lines += [
+        "## Files",
+        "",
+        "- [latency/steps.csv](latency/steps.csv): every step x request name (n, percentiles, "
+        "errors, rates).",
+        "- [latency/stages.csv](latency/stages.csv): server stage histograms per step.",
+        "- Raw per-request CSVs and locust logs stay in the run directory "
+        f"(`{ctx.get('run_dir', 'runs/loadtest/<mode>/')}`).",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,136 @@
+"""The steps of a load-test run, per mode. A step = one locust run at one offered rate.
+
+Contract: ladder steps alternate models at each rate (plr@r1, sasrec@r1, plr@r2, ...) and a
+target's ladder stops after two SLO failures in a row (the runner decides);
+the floor ladder runs the same traffic against the empty app; cache and length steps are fixed.
+Step names are unique and stable, so a rerun can skip steps whose result file exists.
+"""
+
+import math
+from dataclasses import asdict, dataclass
+
+MAX_EVENTS_PER_USER = 4  # length steps: keep each history within a few items of its start
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    group: str  # ladder | floor | cache | length
+    target: str  # server | empty
+    model: str | None
+    rate: float
+    pool: str
+    events_share: float
+    cache: str = "on"
+    users: int = 0  # 0 = the whole pool
+    prime: bool = False
+    warmup_s: float = 3.0
+    measure_s: float = 8.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Mode:
+    warmup_s: float
+    measure_s: float
+    ladder: tuple[float, ...]  # model rates, ascending
+    floor: tuple[float, ...]  # empty-endpoint rates, ascending
+    cache_rates: tuple[float, ...]
+    length_rate: float
+    length_repeats: int
+
+
+# short: ~4 min smoke of every measurement; full: ~25 min, the published numbers
+MODES = {
+    "short": Mode(
+        warmup_s=3.0, measure_s=6.0, ladder=(25, 50, 100, 200, 400),
+        floor=(100, 200, 400, 800, 1600), cache_rates=(20,), length_rate=40, length_repeats=1,
+    ),
+    "full": Mode(
+        warmup_s=10.0, measure_s=30.0, ladder=(10, 20, 40, 60, 80, 120, 160, 240, 320, 480, 640),
+        floor=(40, 80, 160, 320, 480, 640, 960, 1280, 1920), cache_rates=(20, 40),
+        length_rate=40, length_repeats=2,
+    ),
+}
+
+
+def _rate_tag(rate: float) -> str:
+    return f"{rate:g}".replace(".", "p")
+
+
+def ladder_step(mode: Mode, model: str | None, rate: float, target: str = "server") -> Step:
+    group = "ladder" if target == "server" else "floor"
+    label = model if target == "server" else "empty"
+    return Step(
+        f"{group}-{label}-r{_rate_tag(rate)}",
+        group,
+        target,
+        model,
+        rate,
+        "main",
+        0.5,
+        warmup_s=mode.warmup_s,
+        measure_s=mode.measure_s,
+    )
+
+
+def cache_steps(mode: Mode, models: list[str]) -> list[Step]:
+    """Recommend-only at histories of max_len, cache on vs off, models alternating."""
+    steps = []
+    for rate in mode.cache_rates:
+        users = int(rate * mode.warmup_s)  # every user's session falls inside warm-up
+        for cache in ("on", "off"):
+            for model in models:
+                steps.append(
+                    Step(
+                        f"cache-{model}-{cache}-r{_rate_tag(rate)}",
+                        "cache",
+                        "server",
+                        model,
+                        rate,
+                        "near_max",
+                        0.0,
+                        cache,
+                        users=users,
+                        prime=cache == "on",
+                        warmup_s=mode.warmup_s,
+                        measure_s=mode.measure_s,
+                    )
+                )
+    return steps
+
+
+def length_steps(mode: Mode, model: str, short_pool: str, long_pool: str) -> list[Step]:
+    """/events only at two history lengths, alternating; enough users that each gets only
+    MAX_EVENTS_PER_USER events, and a warm-up long enough to start every one of them."""
+    rate = mode.length_rate
+    users = math.ceil(rate * mode.measure_s / MAX_EVENTS_PER_USER)
+    warmup = max(mode.warmup_s, users / rate + 1.0)
+    steps = []
+    for rep in range(mode.length_repeats):
+        for pool in (short_pool, long_pool):
+            steps.append(
+                Step(
+                    f"length-{pool}-rep{rep}",
+                    "length",
+                    "server",
+                    model,
+                    rate,
+                    pool,
+                    1.0,
+                    users=users,
+                    prime=True,
+                    warmup_s=warmup,
+                    measure_s=mode.measure_s,
+                )
+            )
+    return steps
+
+
+def users_needed(mode: Mode) -> int:
+    """Pool size the fixed-length pools need for this mode's length and cache steps."""
+    length_users = math.ceil(mode.length_rate * mode.measure_s / MAX_EVENTS_PER_USER)
+    cache_users = int(max(mode.cache_rates) * mode.warmup_s)
+    return max(length_users, cache_users)

@@ -1,0 +1,129 @@
+"""Prometheus text scraped before and after a step -> what happened during the step.
+
+Contract: parse() reads the text exposition format into {(name, labels): value}; histograms()
+groups `_bucket`/`_sum`/`_count` series; diff() subtracts two scrapes of the same server; a
+histogram whose name ends in `_seconds` is reported in ms. Quantiles interpolate linearly inside
+a bucket, as PromQL's histogram_quantile does.
+"""
+
+import math
+import re
+from dataclasses import dataclass
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse(text: str) -> dict[tuple, float]:
+    samples = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line)
+        if not match:
+            continue
+        name, _, labels, value = match.groups()
+        key = (name, tuple(sorted(_LABEL.findall(labels or ""))))
+        samples[key] = float(value)
+    return samples
+
+
+@dataclass
+class Histogram:
+    buckets: list[tuple[float, float]]  # (upper bound, cumulative count), ascending, last is +Inf
+    total: float  # sum of observations
+    count: float
+
+    def quantile(self, q: float) -> float | None:
+        if self.count <= 0:
+            return None
+        target, lower, below = q * self.count, 0.0, 0.0
+        for upper, cumulative in self.buckets:
+            if cumulative >= target:
+                if math.isinf(upper):
+                    return lower  # beyond the last finite bound: its edge is all we know
+                inside = cumulative - below
+                return lower + (upper - lower) * ((target - below) / inside if inside else 1.0)
+            lower, below = upper, cumulative
+        return lower
+
+    def mean(self) -> float | None:
+        return self.total / self.count if self.count > 0 else None
+
+
+def histograms(samples: dict[tuple, float]) -> dict[tuple, Histogram]:
+    """{(base name, labels without le): Histogram}"""
+    parts: dict[tuple, dict] = {}
+    for (name, labels), value in samples.items():
+        for suffix in ("_bucket", "_sum", "_count"):
+            if name.endswith(suffix):
+                base = name[: -len(suffix)]
+                rest = tuple(kv for kv in labels if kv[0] != "le")
+                entry = parts.setdefault((base, rest), {"buckets": [], "sum": None, "count": None})
+                if suffix == "_bucket":
+                    le = dict(labels).get("le")
+                    if le is not None:
+                        entry["buckets"].append((float(le), value))
+                else:
+                    entry[suffix[1:]] = value
+    return {
+        key: Histogram(sorted(p["buckets"]), p["sum"] or 0.0, p["count"] or 0.0)
+        for key, p in parts.items()
+        if p["buckets"] and p["count"] is not None
+    }
+
+
+def diff(before: dict[tuple, Histogram], after: dict[tuple, Histogram]) -> dict[tuple, Histogram]:
+    """after - before, bucket by bucket; a histogram absent before counts from zero."""
+    out = {}
+    for key, new in after.items():
+        old = before.get(key)
+        if old is None:
+            out[key] = new
+            continue
+        old_buckets = dict(old.buckets)
+        buckets = [(le, cum - old_buckets.get(le, 0.0)) for le, cum in new.buckets]
+        out[key] = Histogram(buckets, new.total - old.total, new.count - old.count)
+    return out
+
+
+def stage_table(before_text: str, after_text: str) -> list[dict]:
+    """One row per histogram series that saw observations during the step."""
+    rows = []
+    changes = diff(histograms(parse(before_text)), histograms(parse(after_text)))
+    for (name, labels), hist in sorted(changes.items()):
+        if hist.count <= 0:
+            continue
+        scale = 1000.0 if name.endswith("_seconds") else 1.0
+        unit = "ms" if scale == 1000.0 else ""
+        rows.append({
+            "metric": name,
+            "labels": ",".join(f"{k}={v}" for k, v in labels),
+            "unit": unit,
+            "count": hist.count,
+            "mean": _scaled(hist.mean(), scale),
+            "p50": _scaled(hist.quantile(0.5), scale),
+            "p99": _scaled(hist.quantile(0.99), scale),
+        })
+    return rows
+
+
+def _scaled(value, scale):
+    return None if value is None else value * scale
+
+
+def counter_deltas(before_text: str, after_text: str) -> list[dict]:
+    """Increase of every `*_total` counter series during the step (zero deltas left out)."""
+    before, after = parse(before_text), parse(after_text)
+    rows = []
+    for (name, labels), value in sorted(after.items()):
+        if not name.endswith("_total"):
+            continue
+        delta = value - before.get((name, labels), 0.0)
+        if delta:
+            rows.append({
+                "metric": name,
+                "labels": ",".join(f"{k}={v}" for k, v in labels),
+                "delta": delta,
+            })
+    return rows

@@ -1,0 +1,307 @@
+"""Run the load-test plan end to end: `python -m loadtest.runner --mode short|full [--fresh]`.
+
+Contract: starts the real server (`python -m server`, embedded Redis, models from --models-dir)
+and the empty floor app, each pinned to the server core, runs locust pinned to the other core,
+one subprocess per step, and writes docs/latency.md + docs/latency/*.csv|png. Each step's result
+is saved under --run-dir/steps/ as it finishes; a rerun skips those steps unless --fresh.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from loadtest import plan, procs, prom, report
+from loadtest.plan import MODES, Step
+from loadtest.stats import parse_locust_stats, passes_slo, read_request_rows, summarize_step
+from loadtest.workload import build_workload, dataset_sequences, default_specs, save_workload
+
+DRAIN_S = 10.0
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mode", choices=sorted(MODES), default="short")
+    p.add_argument("--fresh", action="store_true", help="rerun every step, even those with results")
+    p.add_argument("--models", default="plr,sasrec", help="comma list, as GET /models names them")
+    p.add_argument("--models-dir", type=Path, default=procs.REPO / "artifacts" / "models")
+    p.add_argument("--dataset", default="ml-100k", help="model.data spec the workload comes from")
+    p.add_argument("--slo-ms", type=float, default=25.0)
+    p.add_argument("--run-dir", type=Path, default=None, help="default runs/loadtest/<mode>")
+    p.add_argument("--docs", type=Path, default=procs.REPO / "docs", help="writes latency.md there")
+    p.add_argument("--groups", default="ladder,cache,length,floor", help="subset of step groups")
+    p.add_argument("--server-cpus", default="0", help="'' = no pinning")
+    p.add_argument("--locust-cpus", default="1")
+    p.add_argument(
+        "--server-cmd", default=f"{sys.executable} -m server", help="how to start the server"
+    )
+    return p.parse_args(argv)
+
+
+def _cpus(text: str) -> list[int]:
+    return [int(c) for c in text.split(",") if c.strip()]
+
+
+# --- workload -----------------------------------------------------------------------------------
+
+
+def checkpoint_facts(models_dir: Path, models: list[str]) -> dict:
+    """max_len and the item ids every model knows, read from the checkpoints themselves."""
+    from model.checkpoint import load  # torch: only the runner pays for it, never locust
+
+    max_lens, vocab, versions = [], None, {}
+    for name in models:
+        ckpt = load(models_dir / name)
+        max_lens.append(int(ckpt.config.max_len))
+        versions[name] = ckpt.version
+        known = set(ckpt.vocab.external_ids)
+        vocab = known if vocab is None else vocab & known
+    return {"max_len": min(max_lens), "items": vocab, "versions": versions}
+
+
+def prepare_run_dir(run_dir: Path, fresh: bool, versions: dict) -> None:
+    """Saved steps are reused only for the same checkpoints: new versions start the run afresh."""
+    stamp = run_dir / "checkpoints.json"
+    if run_dir.exists() and not fresh and stamp.exists():
+        if json.loads(stamp.read_text()) != versions:
+            print(f"{run_dir}: checkpoints changed since the saved steps; starting afresh")
+            fresh = True
+    if fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(versions))
+
+
+def ensure_workload(run_dir: Path, args, mode, facts: dict) -> Path:
+    path = run_dir / "workload.json"
+    if path.exists():
+        return path
+    from model.data import build_dataset, load_dataset
+
+    sequences = dataset_sequences(build_dataset(load_dataset(args.dataset)), facts["items"])
+    specs = default_specs(facts["max_len"], plan.users_needed(mode))
+    save_workload(build_workload(sequences, specs, args.dataset, synthetic=False), path)
+    return path
+
+
+# --- servers ------------------------------------------------------------------------------------
+
+
+def served_models_dir(run_dir: Path, models_dir: Path, models: list[str]) -> Path:
+    """A directory of links to just the compared checkpoints: the server loads every checkpoint
+    it finds and /events extends a cache per loaded model, so extra models would skew /events."""
+    served = run_dir / "served_models"
+    shutil.rmtree(served, ignore_errors=True)
+    served.mkdir(parents=True)
+    for name in models:
+        (served / name).symlink_to((models_dir / name).resolve(), target_is_directory=True)
+    return served
+
+
+class Servers:
+    """The real server and the empty floor app, started once for the whole run."""
+
+    def __init__(self, args, run_dir: Path, models: list[str]):
+        self.args, self.logs = args, run_dir / "logs"
+        self.models_dir = served_models_dir(run_dir, args.models_dir, models)
+        self.default_model = models[0]
+        self.server_port, self.empty_port = procs.free_port(), procs.free_port()
+        self.server = self.empty = None
+
+    def url(self, target: str) -> str:
+        port = self.server_port if target == "server" else self.empty_port
+        return f"http://127.0.0.1:{port}"
+
+    def start(self):
+        cpus = _cpus(self.args.server_cpus)
+        env = procs.single_thread_env({
+            "PLR_MODELS_DIR": str(self.models_dir),
+            "PLR_DEFAULT_MODEL": self.default_model,
+            "PLR_TORCH_THREADS": "1",
+            "PLR_DEVICE": "cpu",
+            "PLR_HOST": "127.0.0.1",
+            "PLR_PORT": str(self.server_port),
+            "PLR_LOG_LEVEL": "warning",
+        })
+        env.pop("REDIS_URL", None)  # the embedded Redis, started by the server on its core
+        self.server = procs.spawn(self.args.server_cmd.split(), self.logs / "server.log", env, cpus)
+        empty_cmd = procs.uvicorn_cmd("loadtest.empty_app:app", self.empty_port)
+        self.empty = procs.spawn(
+            empty_cmd, self.logs / "empty.log", procs.single_thread_env(), cpus
+        )
+        procs.wait_ready(self.url("server") + "/readyz", self.server, self.logs / "server.log")
+        procs.wait_ready(self.url("empty") + "/readyz", self.empty, self.logs / "empty.log")
+
+    def check_alive(self):
+        for name, proc in (("server", self.server), ("empty", self.empty)):
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.logs}")
+
+    def stop(self):
+        procs.stop(self.server)
+        procs.stop(self.empty)
+
+    def metrics(self) -> str:
+        status, text = procs.http_get(self.url("server") + "/metrics")
+        return text if status == 200 else ""
+
+    def models(self) -> dict:
+        status, text = procs.http_get(self.url("server") + "/models")
+        return json.loads(text) if status == 200 else {}
+
+
+# --- steps --------------------------------------------------------------------------------------
+
+
+def run_step(
+    step: Step, servers: Servers, workload: Path, run_dir: Path, args, run_id: str
+) -> dict:
+    raw = run_dir / "raw" / step.name
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    lt_args = {
+        "workload": workload,
+        "pool": step.pool,
+        "model": step.model or "",
+        "rate": step.rate,
+        "warmup": step.warmup_s,
+        "measure": step.measure_s,
+        "drain": DRAIN_S,
+        "events_share": step.events_share,
+        "cache": step.cache,
+        "users": step.users,
+        "prime": "on" if step.prime else "off",
+        "namespace": f"{run_id}-{step.name}",
+        "out": f"{raw}_requests.csv",
+    }
+    run_time = step.warmup_s + step.measure_s + DRAIN_S + 60  # backstop; the user quits itself
+    cmd = procs.locust_cmd(servers.url(step.target), raw, run_time, lt_args)
+    before = servers.metrics() if step.target == "server" else ""
+    load_before = os.getloadavg()[0]
+    started = time.monotonic()
+    proc = procs.spawn(
+        cmd, Path(f"{raw}_locust.log"), procs.single_thread_env(), _cpus(args.locust_cpus)
+    )
+    try:
+        proc.wait(run_time + 30)
+    except subprocess.TimeoutExpired:
+        procs.stop(proc)  # the requests CSV check below reports it
+    servers.check_alive()
+    after = servers.metrics() if step.target == "server" else ""
+    if not Path(f"{raw}_requests.csv").exists():
+        raise RuntimeError(f"step {step.name}: locust wrote no results; see {raw}_locust.log")
+    rows = read_request_rows(f"{raw}_requests.csv")
+    summary = summarize_step(rows, step.rate, step.measure_s, step.warmup_s)
+    return {
+        "step": step.to_dict(),
+        "summary": summary,
+        "wall_s": round(time.monotonic() - started, 2),
+        "loadavg_1m": [load_before, os.getloadavg()[0]],  # other processes competing for the cores
+        "passes_slo": passes_slo(summary, args.slo_ms),
+        "locust": parse_locust_stats(f"{raw}_stats.csv"),
+        "stages": prom.stage_table(before, after) if before and after else [],
+        "counters": prom.counter_deltas(before, after) if before and after else [],
+    }
+
+
+class StepRunner:
+    """Runs a step or loads its saved result (resumable runs)."""
+
+    def __init__(self, servers, workload, run_dir, args, run_id):
+        self.servers, self.workload, self.run_dir, self.args = servers, workload, run_dir, args
+        self.run_id, self.results = run_id, []
+
+    def __call__(self, step: Step) -> dict:
+        path = self.run_dir / "steps" / f"{step.name}.json"
+        if path.exists():
+            result = json.loads(path.read_text())
+        else:
+            result = run_step(
+                step, self.servers, self.workload, self.run_dir, self.args, self.run_id
+            )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result, indent=1))
+        self.results.append(result)
+        _progress(result)
+        return result
+
+
+def _progress(result: dict):
+    s, steady = result["summary"], result["summary"]["by_name"].get("steady", {})
+    print(
+        f"{result['step']['name']:<34} offered {s['offered_rate']:>6g}/s achieved "
+        f"{s['achieved_rate'] or 0:>7.1f}/s p50 {_ms(steady.get('p50'))} "
+        f"p99 {_ms(steady.get('p99'))} "
+        f"errors {s['errors']} {'PASS' if result['passes_slo'] else 'fail'}",
+        flush=True,
+    )
+
+
+def _ms(value) -> str:
+    return f"{value:7.2f}ms" if value is not None else "      -  "
+
+
+def run_ladder(run, mode, models: list[str], target: str, rates) -> None:
+    """Models alternate at each rate; a model leaves the ladder after two failures in a row (one
+    hiccup in a short step does not end it; goodput still stops at the first failure)."""
+    failures = dict.fromkeys(models, 0)
+    for rate in rates:
+        for model in [m for m in models if failures[m] < 2]:
+            passed = run(plan.ladder_step(mode, model, rate, target))["passes_slo"]
+            failures[model] = 0 if passed else failures[model] + 1
+        if all(count >= 2 for count in failures.values()):
+            return
+
+
+def run_plan(run: StepRunner, mode, models: list[str], groups: set[str]) -> None:
+    if "ladder" in groups:
+        run_ladder(run, mode, models, "server", mode.ladder)
+    if "cache" in groups:
+        for step in plan.cache_steps(mode, models):
+            run(step)
+    if "length" in groups:
+        for step in plan.length_steps(mode, models[0], "len10", "len190"):
+            run(step)
+    if "floor" in groups:
+        run_ladder(run, mode, [None], "empty", mode.floor)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    mode = MODES[args.mode]
+    models = [m for m in args.models.split(",") if m]
+    run_dir = args.run_dir or procs.REPO / "runs" / "loadtest" / args.mode
+    facts = checkpoint_facts(args.models_dir, models)
+    prepare_run_dir(run_dir, args.fresh, facts["versions"])
+    workload_path = ensure_workload(run_dir, args, mode, facts)
+    workload = json.loads(workload_path.read_text())
+    run_id = time.strftime("%H%M%S")
+    servers = Servers(args, run_dir, models)
+    started = time.monotonic()
+    try:
+        servers.start()
+        server_models = servers.models()
+        run = StepRunner(servers, workload_path, run_dir, args, run_id)
+        run_plan(run, mode, models, set(args.groups.split(",")))
+    finally:
+        servers.stop()
+    context = report.run_context(
+        args,
+        mode,
+        models,
+        facts["max_len"],
+        workload,
+        server_models,
+        time.monotonic() - started,
+        argv if argv is not None else sys.argv[1:],
+        run_dir,
+    )
+    out = report.write_report(run.results, context, args.docs, args.slo_ms)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

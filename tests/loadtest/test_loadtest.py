@@ -1,0 +1,438 @@
+"""loadtest/: workload, traffic mix, stats, Prometheus diffs and report on hand-made inputs, plus
+one real locust run (a few seconds) against the empty app under uvicorn on a free port."""
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from loadtest import procs, prom, report
+from loadtest.stats import (
+    goodput,
+    parse_locust_stats,
+    passes_slo,
+    percentile,
+    rate_matches,
+    ratio,
+    read_request_rows,
+    summarize_step,
+)
+from loadtest.traffic import EVENTS, RECOMMEND, SEED, SESSION, Traffic, arrival_offsets
+from loadtest.workload import (
+    PoolSpec,
+    ZipfChooser,
+    build_workload,
+    dataset_sequences,
+    load_workload,
+    save_workload,
+)
+from model.data import InteractionLog, build_dataset
+
+
+def synthetic_dataset(n_users=12, seed=0):
+    """SYNTHETIC: random users of 6..40 items over 50 items; never reported as real data."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        for t in range(int(rng.integers(6, 40))):
+            rows.append((f"u{u}", f"i{int(rng.integers(1, 51))}", float(t)))
+    users, items, times = zip(*rows)
+    return build_dataset(
+        InteractionLog(np.array(users), np.array(items), np.array(times), name="synthetic")
+    )
+
+
+@pytest.fixture
+def sequences():
+    return dataset_sequences(synthetic_dataset())
+
+
+@pytest.fixture
+def workload(sequences):
+    specs = [
+        PoolSpec("main", None, n_future=4),
+        PoolSpec("len5", 5, n_users=30, n_future=3, zipf_s=0.0),
+    ]
+    return build_workload(sequences, specs, "synthetic", synthetic=True, seed=1)
+
+
+# --- workload -------------------------------------------------------------------------------------
+
+
+def test_session_pool_keeps_each_real_sequence_split_in_order(workload, sequences):
+    users = workload["pools"]["main"]["users"]
+    assert workload["synthetic"] is True
+    assert sorted(u["id"] for u in users) == sorted(sequences)
+    for user in users:
+        assert user["history"] + user["future"] == sequences[user["id"]]
+        assert len(user["history"]) >= len(user["future"])
+
+
+def test_fixed_length_pool_replicates_real_users(workload, sequences):
+    users = workload["pools"]["len5"]["users"]
+    assert len(users) == 30 and len({u["id"] for u in users}) == 30  # 12 real users, replicas "~2"
+    for user in users:
+        real = sequences[user["id"].split("~")[0]]
+        assert user["history"] == real[:5] and user["future"] == real[5:8]
+
+
+def test_unknown_items_are_dropped_and_workload_roundtrips(tmp_path):
+    dataset = synthetic_dataset()
+    allowed = {f"i{i}" for i in range(1, 26)}
+    sequences = dataset_sequences(dataset, allowed)
+    assert all(set(items) <= allowed for items in sequences.values())
+    path = tmp_path / "w.json"
+    built = build_workload(sequences, [PoolSpec("main", None)], "synthetic", True)
+    save_workload(built, path)
+    assert load_workload(path) == built
+
+
+def test_zipf_choice_follows_rank_popularity():
+    chooser, n, draws = ZipfChooser(20, 1.0, seed=3), 20, 40_000
+    counts = np.bincount([chooser.choose() for _ in range(draws)], minlength=n)
+    expected = (1 / np.arange(1, n + 1)) / (1 / np.arange(1, n + 1)).sum()
+    assert np.allclose(counts / draws, expected, atol=0.01)
+    flat = ZipfChooser(4, 0.0, seed=3)
+    uniform = np.bincount([flat.choose() for _ in range(8000)], minlength=4)
+    assert uniform.min() > 1800
+
+
+# --- traffic --------------------------------------------------------------------------------------
+
+
+def test_first_touch_is_a_session_then_events_follow_the_real_future(workload):
+    pool = {"zipf_s": 0.0, "users": workload["pools"]["main"]["users"][:1]}
+    user = pool["users"][0]
+    traffic = Traffic(pool, events_share=1.0, model="plr", namespace="t1")
+    session = traffic.next_request()
+    assert (session.name, session.setup) == (SESSION, True)
+    assert session.body == {
+        "user_id": f"t1:{user['id']}",
+        "k": 10,
+        "model": "plr",
+        "history": user["history"],
+    }
+    events = [traffic.next_request() for _ in range(len(user["future"]))]
+    assert all(e.name == EVENTS and not e.setup for e in events)
+    assert [e.body["item_ids"][0] for e in events] == user["future"]
+
+
+def test_cache_off_recommend_carries_history_and_events_seed_first(workload):
+    pool = {"zipf_s": 0.0, "users": workload["pools"]["main"]["users"][:1]}
+    user = pool["users"][0]
+    traffic = Traffic(pool, events_share=0.0, use_cache=False)
+    request = traffic.next_request()
+    assert request.name == RECOMMEND and request.body["use_cache"] is False
+    assert request.body["history"] == user["history"] and "model" not in request.body
+    traffic.events_share = 1.0
+    seed = traffic.next_request()
+    assert seed.name == SEED and seed.body["item_ids"] == user["history"]
+    event = traffic.next_request()
+    traffic.events_share = 0.0
+    assert traffic.next_request().body["history"] == user["history"] + event.body["item_ids"]
+
+
+def test_prime_starts_every_user_in_order_and_mix_is_about_half(workload):
+    pool = workload["pools"]["len5"]
+    traffic = Traffic(pool, events_share=0.5, n_users=10, prime=True, seed=2)
+    first = [traffic.next_request() for _ in range(10)]
+    assert [r.user_key for r in first] == list(range(10)) and all(r.setup for r in first)
+    rest = [traffic.next_request() for _ in range(4000)]
+    assert {r.user_key for r in rest} <= set(range(10))
+    share = sum(r.name == EVENTS for r in rest) / len(rest)
+    assert 0.45 < share < 0.55
+
+
+def test_arrivals_are_on_schedule():
+    constant = list(arrival_offsets(100, 2.0))
+    assert len(constant) == 200 and constant[1] - constant[0] == pytest.approx(0.01)
+    poisson = list(arrival_offsets(200, 20.0, "poisson", seed=1))
+    assert abs(len(poisson) - 4000) < 4 * 4000**0.5
+    with pytest.raises(ValueError):
+        next(arrival_offsets(0, 1.0))
+
+
+# --- stats ----------------------------------------------------------------------------------------
+
+
+def test_nearest_rank_percentiles():
+    values = list(range(100, 0, -1))  # 1..100 shuffled by reversal
+    assert (percentile(values, 50), percentile(values, 99), percentile(values, 99.9)) == (
+        50,
+        99,
+        100,
+    )
+    assert percentile([7.0], 99) == 7.0 and percentile([], 50) is None
+
+
+def _row(phase, name, latency, status=200, t=1.0, cache="", lateness=0.1):
+    return {
+        "phase": phase,
+        "name": name,
+        "t_sched_s": t,
+        "latency_ms": latency,
+        "lateness_ms": lateness,
+        "status": status,
+        "cache": cache,
+    }
+
+
+def test_step_summary_excludes_warmup_and_setup_from_steady():
+    rows = [_row("warmup", RECOMMEND, 500.0, t=0.5)] + [_row("measure", SESSION, 90.0)]
+    rows += [_row("measure", RECOMMEND, float(i), cache="hit") for i in range(1, 11)]
+    rows += [_row("measure", EVENTS, 2.0), _row("measure", EVENTS, 3.0, status=503)]
+    rows += [_row("measure", "unfinished", None, -2, lateness=None)]
+    summary = summarize_step(rows, offered_rate=7.0, window_s=2.0, warmup_s=1.0)
+    steady = summary["by_name"]["steady"]
+    assert (
+        steady["n"] == 11 and steady["p50"] == 5.0 and steady["p99"] == 10.0
+    )  # 90 ms session left out
+    assert summary["by_name"][RECOMMEND]["cache"] == {"hit": 10}
+    assert (summary["errors"], summary["status_5xx"]) == (2, 1)
+    assert summary["achieved_rate"] == 13 / 2.0  # sends inside [1 s, 3 s); warm-up's one is not
+
+
+def test_a_lagging_generator_shows_as_a_missed_rate():
+    on_time = [_row("measure", EVENTS, 1.0, t=i / 10) for i in range(10)]
+    late = [_row("measure", EVENTS, 1.0, t=i / 10, lateness=i * 100.0) for i in range(10)]
+    assert summarize_step(on_time, 10, 1.0)["achieved_rate"] == 10
+    assert (
+        summarize_step(late, 10, 1.0)["achieved_rate"] == 5
+    )  # sends at 0.2*i s: half after the end
+
+
+def _step(rate, p99, errors=0, achieved=None):
+    achieved = rate if achieved is None else achieved
+    return {
+        "offered_rate": rate,
+        "achieved_rate": achieved,
+        "completed_rate": achieved,
+        "errors": errors,
+        "by_name": {"steady": {"p99": p99}},
+    }
+
+
+def test_goodput_is_the_top_of_the_unbroken_passing_run():
+    ladder = [_step(10, 5), _step(20, 8), _step(40, 30), _step(80, 9)]
+    assert goodput(ladder, slo_ms=25) == 20  # the lucky pass at 80 after a failure does not count
+    assert goodput([_step(10, 30)], 25) == 0.0 and goodput([], 25) is None
+    assert not passes_slo(_step(10, 5, errors=1), 25)
+    assert not passes_slo(_step(100, 5, achieved=90), 25) and rate_matches(100, 96)
+    assert ratio(3.0, 2.0) == 1.5 and ratio(None, 2.0) is None and ratio(1.0, 0) is None
+
+
+LOCUST_CSV = """Type,Name,Request Count,Failure Count,Median Response Time,\
+Average Response Time,Min Response Time,Max Response Time,Average Content Size,Requests/s,\
+Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%
+POST,/events,225,1,1,2.3,0.57,9.37,55.9,79.0,0.0,1,3,4,4,5,7,8,9,9,9,9
+,Aggregated,571,1,1,2.2,0.57,9.52,254.4,200.5,0.0,1,2,4,4,5,6,8,9,10,10,10
+POST,/empty,0,0,0,0,0,0,0,0,0,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A
+"""
+
+
+def test_parse_locust_stats_csv(tmp_path):
+    path = tmp_path / "x_stats.csv"
+    path.write_text(LOCUST_CSV)
+    stats = parse_locust_stats(path)
+    assert stats["/events"]["requests"] == 225 and stats["/events"]["failures"] == 1
+    assert stats["/events"]["p95"] == 7 and stats["Aggregated"]["p99.9"] == 10
+    assert stats["/empty"]["p50"] is None
+
+
+# --- prometheus -----------------------------------------------------------------------------------
+
+
+def _scrape(b1, b2, b_inf, total, hits):
+    return f"""# HELP plr_stage_seconds Time per request stage
+# TYPE plr_stage_seconds histogram
+plr_stage_seconds_bucket{{le="0.001",model="plr",stage="compute"}} {b1}
+plr_stage_seconds_bucket{{le="0.002",model="plr",stage="compute"}} {b2}
+plr_stage_seconds_bucket{{le="+Inf",model="plr",stage="compute"}} {b_inf}
+plr_stage_seconds_count{{model="plr",stage="compute"}} {b_inf}
+plr_stage_seconds_sum{{model="plr",stage="compute"}} {total}
+plr_cache_outcomes_total{{model="plr",outcome="hit"}} {hits}
+"""
+
+
+def test_histogram_diff_and_quantiles():
+    before, after = _scrape(10, 10, 10, 0.005, 3), _scrape(10, 110, 110, 0.155, 50)
+    (row,) = prom.stage_table(before, after)  # the step: 100 observations, all in (1 ms, 2 ms]
+    assert row["metric"] == "plr_stage_seconds" and row["labels"] == "model=plr,stage=compute"
+    assert row["count"] == 100 and row["unit"] == "ms" and row["mean"] == pytest.approx(1.5)
+    assert row["p50"] == pytest.approx(1.5) and row["p99"] == pytest.approx(1.99)
+    assert prom.counter_deltas(before, after) == [
+        {"metric": "plr_cache_outcomes_total", "labels": "model=plr,outcome=hit", "delta": 47.0}
+    ]
+    assert prom.stage_table(after, after) == []  # nothing observed: nothing reported
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+
+def _result(
+    group, model, rate, p50, p99, pool="main", cache="on", events_p50=None, target="server"
+):
+    by_name = {
+        "steady": {"n": 100, "p50": p50, "p95": p99, "p99": p99, "p99.9": p99, "mean": p50},
+        RECOMMEND: {"n": 50, "p50": p50, "p99": p99},
+        EVENTS: {"n": 50, "p50": events_p50 or p50, "p99": p99},
+    }
+    for stats in by_name.values():
+        stats.update(errors=0, status_5xx=0, requests=stats["n"], cache={})
+    summary = {
+        "offered_rate": rate,
+        "achieved_rate": rate,
+        "completed_rate": rate,
+        "errors": 0,
+        "status_5xx": 0,
+        "lateness_p99_ms": 0.1,
+        "by_name": by_name,
+    }
+    step = {
+        "name": f"{group}-{model}-{rate}-{pool}-{cache}",
+        "group": group,
+        "target": target,
+        "model": model,
+        "rate": rate,
+        "pool": pool,
+        "cache": cache,
+        "users": 10,
+        "events_share": 0.5,
+    }
+    return {
+        "step": step,
+        "summary": summary,
+        "passes_slo": passes_slo(summary, 25),
+        "stages": [],
+        "counters": [],
+    }
+
+
+def hand_made_results():
+    return [
+        _result("ladder", "plr", 10, 5.3, 12),
+        _result("ladder", "sasrec", 10, 5.0, 10),
+        _result("ladder", "plr", 20, 6.0, 30),
+        _result("ladder", "sasrec", 20, 5.5, 20),
+        _result("floor", None, 20, 1, 3, target="empty"),
+        _result("floor", None, 40, 1, 4, target="empty"),
+        _result("cache", "plr", 20, 4, 8, pool="near_max"),
+        _result("cache", "plr", 20, 12, 20, "near_max", "off"),
+        _result("length", "plr", 40, 2, 4, pool="len10", events_p50=2.0),
+        _result("length", "plr", 40, 2, 4, pool="len190", events_p50=2.2),
+    ]
+
+
+def test_headline_numbers_from_hand_made_results():
+    head = report.headline(hand_made_results(), ["plr", "sasrec"], slo_ms=25)
+    assert head["ratios"][0]["/recommend_p50_ratio"] == pytest.approx(5.3 / 5.0)
+    assert head["goodput"] == {"plr": 10, "sasrec": 20, "empty": 40}
+    assert head["goodput_fraction"] == pytest.approx(0.25)
+    assert head["events_length"]["p50_ratio"] == pytest.approx(1.1)
+    assert head["cache"][0]["off_on_p50_ratio"] == pytest.approx(3.0)
+    assert head["status_5xx"] == 0 and head["rate_misses"] == []
+
+
+def test_write_report_makes_markdown_csv_and_plots(tmp_path):
+    context = {
+        "date": "d",
+        "command": "python -m loadtest.runner --mode short",
+        "mode": "short",
+        "warmup_s": 3,
+        "measure_s": 6,
+        "cpu": "cpu",
+        "cores": 2,
+        "platform": "p",
+        "versions": {"x": "1"},
+        "models": ["plr", "sasrec"],
+        "max_len": 200,
+        "server_cpus": "0",
+        "locust_cpus": "1",
+        "dataset": "synthetic",
+        "synthetic": True,
+        "pools": {"main": 1},
+        "server_models": {},
+        "wall_s": 1.0,
+    }
+    path = report.write_report(hand_made_results(), context, tmp_path, slo_ms=25)
+    text = path.read_text()
+    assert "| goodput plr / empty floor (10 / 40 req/s) | 0.250 | >= 0.4 | no |" in text
+    assert "(SYNTHETIC)" in text
+    for name in ("steps.csv", "stages.csv", "latency_vs_rate.png", "cache_on_off.png"):
+        assert (tmp_path / "latency" / name).stat().st_size > 0
+
+
+# --- one real run ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def empty_server(tmp_path):
+    port = procs.free_port()
+    log = tmp_path / "empty.log"
+    proc = procs.spawn(
+        procs.uvicorn_cmd("loadtest.empty_app:app", port), log, procs.single_thread_env()
+    )
+    try:
+        procs.wait_ready(f"http://127.0.0.1:{port}/readyz", proc, log, timeout_s=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        procs.stop(proc)
+
+
+def test_locust_smoke_against_the_empty_app(empty_server, workload, tmp_path):
+    path = tmp_path / "workload.json"
+    save_workload(workload, path)
+    lt_args = {
+        "workload": path,
+        "rate": 40,
+        "warmup": 0.5,
+        "measure": 2.5,
+        "drain": 3,
+        "out": tmp_path / "requests.csv",
+        "namespace": "smoke",
+    }
+    cmd = procs.locust_cmd(empty_server, tmp_path / "run", 20, lt_args)
+    done = subprocess.run(
+        cmd, cwd=procs.REPO, env=procs.single_thread_env(), capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    summary = summarize_step(read_request_rows(tmp_path / "requests.csv"), 40, 2.5)
+    assert summary["errors"] == 0 and rate_matches(40, summary["achieved_rate"])
+    assert summary["by_name"]["steady"]["n"] > 0
+    locust = parse_locust_stats(tmp_path / "run_stats.csv")
+    assert locust["Aggregated"]["requests"] > 0 and locust["Aggregated"]["failures"] == 0
+    assert json.loads((tmp_path / "workload.json").read_text())["synthetic"] is True
+
+
+# --- plan -----------------------------------------------------------------------------------------
+
+
+def test_ladder_alternates_models_and_drops_one_after_two_failures_in_a_row():
+    from loadtest.plan import MODES
+    from loadtest.runner import run_ladder
+
+    capacity = {"plr": 20, "sasrec": 40}
+    order = []
+
+    def run(step):
+        order.append(f"{step.model}@{step.rate:g}")
+        return {"passes_slo": step.rate <= capacity[step.model]}
+
+    run_ladder(run, MODES["short"], ["plr", "sasrec"], "server", (10, 20, 30, 40, 50, 60, 70))
+    assert order == [
+        "plr@10", "sasrec@10", "plr@20", "sasrec@20", "plr@30", "sasrec@30",
+        "plr@40", "sasrec@40", "sasrec@50", "sasrec@60",
+    ]
+
+
+def test_length_steps_start_every_user_in_warmup_and_cap_events_per_user():
+    from loadtest.plan import MAX_EVENTS_PER_USER, MODES, length_steps
+
+    for mode in MODES.values():
+        steps = length_steps(mode, "plr", "len10", "len190")
+        assert [s.pool for s in steps][:2] == ["len10", "len190"]
+        for step in steps:
+            assert step.users <= step.rate * step.warmup_s  # the priming sessions fit the warm-up
+            assert step.rate * step.measure_s / step.users <= MAX_EVENTS_PER_USER
+            assert step.events_share == 1.0 and step.prime

@@ -13,6 +13,7 @@ import platform
 from pathlib import Path
 
 from loadtest.markdown import render
+from model.experiments.hardware import cpu_model
 from loadtest.procs import REPO
 from loadtest.stats import QUANTILES, goodput, rate_matches, ratio
 
@@ -262,16 +263,6 @@ def plot_cache(rows: list[dict], path: Path) -> None:
 # --- context and markdown -----------------------------------------------------------------------
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _versions() -> dict:
     out = {"python": platform.python_version()}
     for package in (
@@ -307,7 +298,7 @@ def run_context(
         "mode": args.mode,
         "warmup_s": mode.warmup_s,
         "measure_s": mode.measure_s,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "platform": platform.platform(),
         "versions": _versions(),

@@ -22,6 +22,7 @@ import torch
 
 from model.config import ModelConfig
 from model.inference import Engine, RecRequest, cache_nbytes, window_start
+from model.experiments.hardware import cpu_model
 from model.registry import build_model
 
 LENGTHS, BATCHES = (10, 50, 100, 200), (1, 8, 32, 128)
@@ -230,11 +231,7 @@ DESIGN = """## What is measured against what
 
 
 def header(args, elapsed_hint: str, floor: tuple[float, float]) -> list[str]:
-    cpu = platform.processor() or "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     return [
         "# Incremental inference: benchmark", "",
         "Written by `python -m model.experiments.inference_bench" + (" --quick" if args.quick else "")

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import sys
 from dataclasses import asdict, replace
@@ -23,6 +21,7 @@ import torch
 
 from ..checkpoint import save_checkpoint
 from ..config import ModelConfig
+from .hardware import hardware
 from ..train import TrainConfig, load_data, train
 
 SEEDS = (2020, 2021, 2022)
@@ -112,20 +111,6 @@ def aggregate(records: list[dict]) -> dict:
         out[name] = {"mean": float(values.mean()),
                      "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
     return out
-
-
-def hardware() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
-            "python": platform.python_version()}
 
 
 def _fmt(stat: dict) -> str:

@@ -10,28 +10,13 @@ import torch
 from model.config import ModelConfig
 from model.reasoning import diversity_loss, reason, reason_all_prefixes
 from model.registry import build_model
-
-N_ITEMS = 50
-
+from model_helpers import N_ITEMS, fit, synthetic_batch
 
 def tiny_plr(seed=0, **kw):
     torch.manual_seed(seed)
     base = dict(kind="plr", n_items=N_ITEMS, d_model=16, n_heads=2, d_ff=32, max_len=20,
                 n_streams=3, n_steps=2)
     return build_model(ModelConfig(**{**base, **kw}))
-
-
-def synthetic_batch(lens=(7, 4, 2, 6), seed=1):
-    """Right-padded random sequences; targets[b, i] = the next item, 0 past the end (synthetic)."""
-    g = torch.Generator().manual_seed(seed)
-    s = max(lens) + 1
-    full = torch.randint(1, N_ITEMS + 1, (len(lens), s), generator=g)
-    items = torch.zeros(len(lens), s - 1, dtype=torch.long)
-    targets = torch.zeros_like(items)
-    for b, n in enumerate(lens):
-        items[b, :n] = full[b, :n]
-        targets[b, :n] = full[b, 1 : n + 1]
-    return items, torch.tensor(lens), targets
 
 
 def inference_states(model, items, seq_lens, offsets):
@@ -187,15 +172,8 @@ def test_ablation_switches_change_what_they_claim():
 def test_a_tiny_plr_memorises_a_tiny_synthetic_dataset():
     model = tiny_plr(dropout=0.0, n_streams=2, temperature=0.5).train()
     items, seq_lens, targets = synthetic_batch(lens=(8, 8, 8, 8, 8, 8), seed=3)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    first = None
-    for _ in range(80):
-        loss, parts = model.loss(items, seq_lens, targets)
-        first = first if first is not None else parts["ce"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert parts["ce"] < 0.2 * first
+    first, last = fit(model, items, seq_lens, targets, steps=80)
+    assert last < 0.2 * first
     model.eval()
     hits = [model.predict(items[:, : i + 1], torch.full((6,), i + 1)).argmax(-1) == targets[:, i]
             for i in range(8)]

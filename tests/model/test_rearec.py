@@ -9,8 +9,8 @@ import torch
 
 from model.config import ModelConfig
 from model.registry import build_model
+from model_helpers import N_ITEMS, fit, synthetic_batch
 
-N_ITEMS = 50
 KINDS = ("rearec-erl", "rearec-prl")
 
 
@@ -18,18 +18,6 @@ def tiny_rearec(kind, seed=0, **kw):
     torch.manual_seed(seed)
     base = dict(kind=kind, n_items=N_ITEMS, d_model=16, n_heads=2, d_ff=32, max_len=20, n_steps=2)
     return build_model(ModelConfig(**{**base, **kw}))
-
-
-def synthetic_batch(lens=(7, 4, 2, 6), seed=1):
-    """Right-padded random sequences; targets[b, i] = the next item, 0 past the end (synthetic)."""
-    g = torch.Generator().manual_seed(seed)
-    full = torch.randint(1, N_ITEMS + 1, (len(lens), max(lens) + 1), generator=g)
-    items = torch.zeros(len(lens), max(lens), dtype=torch.long)
-    targets = torch.zeros_like(items)
-    for b, n in enumerate(lens):
-        items[b, :n] = full[b, :n]
-        targets[b, :n] = full[b, 1 : n + 1]
-    return items, torch.tensor(lens), targets
 
 
 def explained(model, items, seq_lens):
@@ -120,12 +108,5 @@ def test_prl_noise_changes_only_the_contrastive_term_and_weights_switch_terms_of
 def test_loss_falls_on_a_tiny_synthetic_dataset(kind):
     model = tiny_rearec(kind, dropout=0.0, temperature=0.5).train()
     items, seq_lens, targets = synthetic_batch(lens=(8, 8, 8, 8, 8, 8), seed=3)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    first = None
-    for _ in range(60):
-        loss, parts = model.loss(items, seq_lens, targets)
-        first = first if first is not None else parts["ce"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert parts["ce"] < 0.3 * first
+    first, last = fit(model, items, seq_lens, targets, steps=60)
+    assert last < 0.3 * first

@@ -35,6 +35,10 @@ class TrainConfig:
     seed: int = 2020
     epochs: int = 300  # upper bound; early stopping usually ends the run first
     patience: int = 10  # epochs without a validation improvement before stopping
+    min_epochs: int = 0  # never stop early before this epoch (an early lucky peak is not a plateau)
+    # Exponential moving average of the weights (0 = off). When on, validation, the kept best
+    # state and the checkpoint all use the averaged weights; single-epoch weights are noisy.
+    ema_decay: float = 0.0
     batch_size: int = 256  # training windows per step, summed over DDP ranks
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -51,6 +55,9 @@ class TrainConfig:
         for name in ("epochs", "patience", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.min_epochs < 0 or not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"need min_epochs >= 0 and 0 <= ema_decay < 1, got "
+                             f"{self.min_epochs}, {self.ema_decay}")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(f"need lr > 0 and weight_decay >= 0, got {self.lr}, "
                              f"{self.weight_decay}")
@@ -107,7 +114,30 @@ def init_distributed(device_name: str) -> tuple[int, int, int]:
     return dist.get_rank(), world_size, local_rank
 
 
-def train_epoch(step_module, optimizer, batches, epoch: int, device, progress: bool) -> float:
+class WeightAverage:
+    """EMA of a model's floating-point parameters and buffers, kept in a separate eval copy.
+
+    The decay is warmed up as min(decay, (1 + t) / (10 + t)) at step t so the average is not
+    dominated by the random initialisation during the first epochs.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay, self.steps = decay, 0
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self._dst = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+        self._src = [t for t in model.state_dict().values() if t.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        torch._foreach_lerp_(self._dst, self._src, 1.0 - decay)
+        self.steps += 1
+
+
+def train_epoch(step_module, optimizer, batches, epoch: int, device, progress: bool,
+                average: WeightAverage | None = None) -> float:
     """One pass over this rank's shard; returns the mean training loss."""
     step_module.train()
     total, count = 0.0, 0
@@ -118,6 +148,8 @@ def train_epoch(step_module, optimizer, batches, epoch: int, device, progress: b
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if average is not None:
+            average.update()
         total, count = total + loss.item(), count + 1
         bar.set_postfix(loss=f"{loss.item():.4f}")
     return total / max(count, 1)
@@ -163,7 +195,7 @@ def _validate(model, split, tc: TrainConfig, epoch, loss, best, history, start) 
                     state=copy.deepcopy(model.state_dict()))
     tqdm.write(f"epoch {epoch}: loss {loss:.4f} valid {tc.metric} {valid[tc.metric]:.4f} "
                f"(best {best['score']:.4f} @ {best['epoch']}) {elapsed:.0f}s", file=sys.stderr)
-    return epoch - best["epoch"] >= tc.patience
+    return epoch >= tc.min_epochs and epoch - best["epoch"] >= tc.patience
 
 
 def train(model_cfg: ModelConfig, train_cfg, dataset, split) -> tuple[nn.Module, dict]:
@@ -181,9 +213,11 @@ def train(model_cfg: ModelConfig, train_cfg, dataset, split) -> tuple[nn.Module,
     best = {"score": -1.0, "epoch": 0, "state": None, "valid": None, "time": 0.0}
     history, start, epoch = [], time.perf_counter(), 0
     show = tc.progress and rank == 0
+    average = WeightAverage(model, tc.ema_decay) if tc.ema_decay > 0 else None
+    scored = average.model if average is not None else model  # what validation and test see
     for epoch in range(1, tc.epochs + 1):
-        loss = train_epoch(step_module, optimizer, batches, epoch, device, show)
-        stop = rank == 0 and _validate(model, split, tc, epoch, loss, best, history, start)
+        loss = train_epoch(step_module, optimizer, batches, epoch, device, show, average)
+        stop = rank == 0 and _validate(scored, split, tc, epoch, loss, best, history, start)
         # The budget is checked on rank 0 only and broadcast, like early stopping.
         stop = stop or (rank == 0 and tc.max_minutes > 0
                         and time.perf_counter() - start > 60 * tc.max_minutes)

@@ -45,9 +45,11 @@ class Settings(BaseSettings):
     max_history: int = Field(2000, ge=1, le=100_000)
     max_k: int = Field(1000, ge=1, le=1000)
 
-    # Micro-batching.
+    # Micro-batching. 0 = continuous batching: a batch leaves as soon as a batch slot is free,
+    # and requests that arrive while both slots are busy form the next batch. > 0 also holds a
+    # batch open until its oldest request has waited this long (or the batch is full).
     batch_max_size: int = Field(64, ge=1)
-    batch_max_wait_ms: float = Field(2.0, ge=0)
+    batch_max_wait_ms: float = Field(0.0, ge=0)
 
     # HTTP.
     host: str = "127.0.0.1"

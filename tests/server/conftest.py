@@ -55,7 +55,7 @@ def make_client(models_dir, redis_url):
     stack = contextlib.ExitStack()
 
     def make(raise_server_exceptions: bool = True, **overrides) -> TestClient:
-        values = dict(models_dir=models_dir, redis_url=redis_url, batch_max_wait_ms=1.0)
+        values = dict(models_dir=models_dir, redis_url=redis_url)  # default batching
         values.update(overrides)
         app = create_app(Settings(**values))
         return stack.enter_context(TestClient(app, raise_server_exceptions=raise_server_exceptions))

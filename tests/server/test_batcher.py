@@ -27,6 +27,43 @@ def test_concurrent_requests_are_grouped_and_answered_in_order():
     assert [len(c) for c in calls] == [4, 4, 2]  # max_size caps a batch; the rest waits max_wait
 
 
+def test_continuous_batching_dispatches_at_once_and_groups_arrivals_while_busy():
+    calls, release = [], None
+
+    async def process(items):
+        calls.append(list(items))
+        if items in ([0], [1]):
+            await release.wait()  # hold both slots busy while more requests arrive
+        return list(items)
+
+    async def settle():
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    async def go():
+        nonlocal release
+        release = asyncio.Event()
+        b = MicroBatcher(process, max_size=4, max_wait_s=0.0, max_in_flight=2)
+        b.start()
+        first = asyncio.ensure_future(b.submit(0))
+        await settle()
+        assert calls == [[0]]  # a free slot: it left at once, alone, without any wait
+        second = asyncio.ensure_future(b.submit(1))
+        await settle()
+        assert calls == [[0], [1]]
+        rest = [asyncio.ensure_future(b.submit(i)) for i in range(2, 8)]
+        await settle()
+        assert calls == [[0], [1]]  # both slots busy: the newcomers wait together
+        release.set()
+        out = await asyncio.gather(first, second, *rest)
+        await b.stop()
+        return out
+
+    assert asyncio.run(go()) == list(range(8))
+    # the six that waited left as full batches once slots freed (max_size 4 caps the first)
+    assert sorted(len(c) for c in calls[2:]) == [2, 4] and sum(calls[2:], []) == list(range(2, 8))
+
+
 def test_batch_errors_propagate_to_each_waiter_and_per_item_errors_to_one():
     async def process(items):
         if 0 in items:

@@ -48,8 +48,7 @@ def two_servers(tmp_path, redis_url):
     for _ in range(2):
         port = free_port()
         env = dict(os.environ, PLR_MODELS_DIR=str(tmp_path), REDIS_URL=redis_url,
-                   PLR_PORT=str(port), PLR_LOG_LEVEL="warning", PLR_TORCH_THREADS="1",
-                   PLR_BATCH_MAX_WAIT_MS="2")
+                   PLR_PORT=str(port), PLR_LOG_LEVEL="warning", PLR_TORCH_THREADS="1")
         procs.append(subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env))
         urls.append(f"http://127.0.0.1:{port}")
     try:

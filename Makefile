@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 MODELS_DIR ?= artifacts/models
 
-.PHONY: install serve test models results bench loadtest loadtest-full clean
+.PHONY: install serve test models results analyses bench loadtest loadtest-full clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,11 @@ models: install
 
 results: install
 	$(PY) -m model.experiments.results
+
+# Robustness and stream distances on the default checkpoints (seconds), then the width x depth
+# grid and the ablations (training runs, resumable) -> docs/analyses.md.
+analyses: install
+	$(PY) -m model.experiments.analyses
 
 bench: install
 	$(PY) -m model.experiments.inference_bench

@@ -1,4 +1,9 @@
-"""Reusable route dependencies: the app's services, and the optional Bearer API key check."""
+"""Reusable route dependencies: the app's services, and the optional Bearer API key check.
+
+All are `async def` on purpose: FastAPI runs a plain `def` dependency in a worker thread, which
+cost every request two thread hand-offs (and GIL contention with the compute thread) for what
+are attribute lookups.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +15,15 @@ from .lifecycle import AppState
 from .services import Services
 
 
-def app_state(request: Request) -> AppState:
+async def app_state(request: Request) -> AppState:
     return request.app.state.plr
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
     return request.app.state.plr.services
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
     """401 unless `Authorization: Bearer <PLR_API_KEY>` (no-op when no key is configured)."""
     expected = request.app.state.plr.settings.api_key
     if expected is None:

@@ -31,9 +31,27 @@ class Metrics:
             ["model", "op", "outcome"], registry=r)
         self.errors = Counter("plr_errors", "Errors and degraded paths by kind", ["kind"], registry=r)
         self.ready = Gauge("plr_ready", "1 when models are warm and the store answers", registry=r)
+        self._children: dict[tuple, object] = {}
+
+    def _child(self, metric, *labels):
+        """metric.labels(*labels), looked up once: labels() costs more than the observation."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def stage(self, model: str, stage: str, seconds: float) -> None:
-        self.stage_latency.labels(model, stage).observe(seconds)
+        self._child(self.stage_latency, model, stage).observe(seconds)
+
+    def request(self, method: str, route: str, status: str, seconds: float) -> None:
+        self._child(self.request_latency, method, route, status).observe(seconds)
+
+    def cache_outcome(self, model: str, op: str, outcome: str) -> None:
+        self._child(self.cache_outcomes, model, op, outcome).inc()
+
+    def batch(self, model: str, size: int) -> None:
+        self._child(self.batch_size, model).observe(size)
 
     def error(self, kind: str) -> None:
-        self.errors.labels(kind).inc()
+        self._child(self.errors, kind).inc()

@@ -85,6 +85,4 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
-            self.metrics.request_latency.labels(scope["method"], path, str(status)).observe(
-                time.perf_counter() - started
-            )
+            self.metrics.request(scope["method"], path, str(status), time.perf_counter() - started)

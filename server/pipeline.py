@@ -70,7 +70,7 @@ class BatchPipeline:
         await self._write(live)
         for job, r in live:
             op = "recommend" if job.kind == "recommend" else "events"
-            self.metrics.cache_outcomes.labels(self.rt.name, op, r.outcome).inc()
+            self.metrics.cache_outcome(self.rt.name, op, r.outcome)
         return results
 
     # -- stages ---------------------------------------------------------------------------------
@@ -123,7 +123,7 @@ class BatchPipeline:
         started = time.perf_counter()
         answers, extended = await self.rt.worker.run(self._run_engine, requests, to_extend)
         self.metrics.stage(self.rt.name, "compute", time.perf_counter() - started)
-        self.metrics.batch_size.labels(self.rt.name).observe(len(requests) + len(exts))
+        self.metrics.batch(self.rt.name, len(requests) + len(exts))
         for (_, r), answer in zip(recs, answers):
             r.recommendation, r.new_cache = answer, answer.cache
         for (_, r), cache in zip(exts, extended):

@@ -30,6 +30,7 @@ class ModelRuntime:
     engine: Engine
     worker: ComputeWorker
     known: frozenset[str] = field(default_factory=frozenset)
+    index: dict[str, int] = field(default_factory=dict)  # external id -> vocab index (known ids)
     by_popularity: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     batcher: MicroBatcher | None = None  # attached by the app once the store exists
 
@@ -51,8 +52,8 @@ class ModelRuntime:
 
     def to_indices(self, item_ids: list[str]) -> list[int]:
         """Indices of the ids this model knows (a stored history may hold another model's ids)."""
-        kept = [i for i in item_ids if i in self.known]
-        return self.checkpoint.vocab.to_index(kept).tolist() if kept else []
+        get = self.index.get  # one pass; the same answer as vocab.to_index of the known ids
+        return [j for j in map(get, item_ids) if j is not None]
 
     def count_known(self, item_ids: list[str], n: int) -> int:
         return sum(1 for i in item_ids[:n] if i in self.known)
@@ -91,12 +92,14 @@ def load_runtime(path: Path, device: torch.device) -> ModelRuntime:
     except ValueError as exc:
         raise ValueError(f"cannot load model {path.name!r}: {exc}") from exc
     order = np.argsort(-ckpt.popularity[1:], kind="stable") + 1  # most popular first, no padding
+    ids = ckpt.vocab.external_ids
     return ModelRuntime(
         name=path.name,
         checkpoint=ckpt,
         engine=Engine(ckpt.model, ckpt.version, device=device),
         worker=ComputeWorker(path.name),
-        known=frozenset(ckpt.vocab.external_ids),
+        known=frozenset(ids),
+        index=dict(zip(ids, ckpt.vocab.to_index(ids).tolist())),
         by_popularity=order,
     )
 

@@ -30,6 +30,7 @@ class Job:
     history: list[str] | None = None  # the request's own history (authoritative when given)
     stateful: bool = False  # read and write the user's stored state (history and cache)
     read_history: bool = False  # use_cache=False with a user_id: read the history, nothing else
+    state: UserState | None = None  # stateful job whose state was already read (POST /events)
     k: int = 10
     exclude_seen: bool = True
     explain: bool = False
@@ -75,8 +76,9 @@ class BatchPipeline:
 
     # -- stages ---------------------------------------------------------------------------------
     async def _read(self, jobs: list[Job]) -> list[UserState | None | Exception]:
-        reading = [i for i, j in enumerate(jobs) if j.stateful or j.read_history]
-        states: list = [None] * len(jobs)
+        states: list = [j.state for j in jobs]
+        reading = [i for i, j in enumerate(jobs)
+                   if j.state is None and (j.stateful or j.read_history)]
         if not reading:
             return states
         reads = [StateRead(jobs[i].user_id, self.rt.version, jobs[i].history) if jobs[i].stateful

@@ -117,13 +117,19 @@ class Services:
             raise UnknownItems(("body", "item_ids"), unknown)
         # A server-made id makes the store's one transparent retry safe for id-less events too.
         event_id = event_id or f"auto:{uuid.uuid4().hex}"
-        applied, length = await self.store.append_events(user_id, item_ids, event_id)
         caches = {name: "bypass" for name in self.runtimes}
-        if self.settings.events_extend_cache:
+        if not self.settings.events_extend_cache:
+            applied, length = await self.store.append_events(user_id, item_ids, event_id)
+        else:
+            # The append also reads every model's cache, in the same atomic step: the extend
+            # jobs then go straight to compute (and a conditional write), no second read.
             names = list(self.runtimes)
+            applied, length, states = await self.store.append_events_and_read(
+                user_id, item_ids, event_id, [self.runtimes[n].version for n in names])
             results = await asyncio.gather(
-                *(self.runtimes[n].batcher.submit(Job(kind="extend", user_id=user_id, stateful=True))
-                  for n in names),
+                *(self.runtimes[n].batcher.submit(
+                    Job(kind="extend", user_id=user_id, stateful=True, state=state))
+                  for n, state in zip(names, states)),
                 return_exceptions=True,
             )
             for name, result in zip(names, results):

@@ -5,7 +5,9 @@ one user's keys only): `plr:{u}:hist` list of item ids, `plr:{u}:kv:<model_versi
 (TTL), `plr:{u}:events` hash event_id -> history length when applied. Every write is one atomic
 script; KV writes are compare-and-set on the cache header seen at read time. Batch calls pipeline.
 Connectivity failures raise `StoreUnavailable` (and open a short circuit breaker); nothing retries
-a write that may have been applied except the idempotent ones.
+a write that may have been applied except the idempotent ones. Pipelines are not MULTI/EXEC
+transactions: each script is atomic on its own, and nothing needs two users' keys to change
+together (a Cluster could not do that anyway).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis import exceptions as rex
 from redis.asyncio.cluster import RedisCluster
@@ -24,7 +27,14 @@ from redis.backoff import ExponentialBackoff
 
 from .cache_envelope import HEADER_LEN
 from .errors import StoreUnavailable
-from .store_scripts import APPEND_EVENTS, DELETE_USER, READ_STATE, SYNC_HISTORY, WRITE_KV
+from .store_scripts import (
+    APPEND_EVENTS,
+    DELETE_USER,
+    READ_HISTORY,
+    READ_STATE,
+    SYNC_HISTORY,
+    WRITE_KV,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +94,13 @@ class Store(abc.ABC):
         self, user_id: str, item_ids: list[str], event_id: str
     ) -> tuple[bool, int]:
         """(applied, history length); a repeated event_id is not applied again."""
+
+    @abc.abstractmethod
+    async def append_events_and_read(
+        self, user_id: str, item_ids: list[str], event_id: str, model_versions: list[str]
+    ) -> tuple[bool, int, list[UserState]]:
+        """append_events, then in the same atomic step the state a StateRead(user_id, version)
+        would read, for each of `model_versions`."""
 
     @abc.abstractmethod
     async def get_history(self, user_id: str) -> list[str]: ...
@@ -169,17 +186,16 @@ class RedisStore(Store):
         self.breaker.success()
         return result
 
-    async def _pipeline(self, calls: list[tuple[str, list, list] | tuple[str, str]]) -> list:
-        """Run (script, keys, args) or ("LRANGE", key) calls in one pipeline."""
+    async def _pipeline(self, calls: list[tuple[str, list, list]]) -> list:
+        """Run (script, keys, args) calls in one round trip: one EVAL, or one pipeline."""
 
         async def run():
-            pipe = self.redis.pipeline()
-            for call in calls:
-                if call[0] == "LRANGE":
-                    pipe.lrange(call[1], 0, -1)
-                else:
-                    script, keys, args = call
-                    pipe.eval(script, len(keys), *keys, *args)
+            if len(calls) == 1:  # no pipeline object, no extra bookkeeping
+                script, keys, args = calls[0]
+                return [await self.redis.eval(script, len(keys), *keys, *args)]
+            pipe = self.redis.pipeline(transaction=False)
+            for script, keys, args in calls:
+                pipe.eval(script, len(keys), *keys, *args)
             return await pipe.execute(raise_on_error=True)
 
         return await self._guard(run)
@@ -188,10 +204,11 @@ class RedisStore(Store):
     async def read_states(self, reads: list[StateRead]) -> list[UserState]:
         calls = []
         for r in reads:
-            keys = [hist_key(r.user_id), kv_key(r.user_id, r.model_version or "")]
             if r.model_version is None:
-                calls.append(("LRANGE", keys[0]))
-            elif r.history is None:
+                calls.append((READ_HISTORY, [hist_key(r.user_id)], []))
+                continue
+            keys = [hist_key(r.user_id), kv_key(r.user_id, r.model_version)]
+            if r.history is None:
                 calls.append((READ_STATE, keys, [self.kv_ttl, self.hist_ttl]))
             else:
                 calls.append((SYNC_HISTORY, keys, [self.kv_ttl, self.hist_ttl, *r.history]))
@@ -199,18 +216,18 @@ class RedisStore(Store):
         states = []
         for r, reply in zip(reads, replies):
             if r.model_version is None:
-                states.append(UserState([b.decode() for b in reply], None, "read"))
+                states.append(UserState(orjson.loads(reply), None, "read"))
                 continue
             first, kv = reply
             if r.history is None:
-                states.append(UserState([b.decode() for b in first], kv, "read"))
+                states.append(UserState(orjson.loads(first), kv, "read"))
             else:
                 states.append(UserState(list(r.history), kv, first.decode()))
         return states
 
     async def get_history(self, user_id: str) -> list[str]:
-        raw = await self._guard(lambda: self.redis.lrange(hist_key(user_id), 0, -1))
-        return [b.decode() for b in raw]
+        (reply,) = await self._pipeline([(READ_HISTORY, [hist_key(user_id)], [])])
+        return orjson.loads(reply)
 
     async def ping(self) -> bool:
         return bool(await self._guard(self.redis.ping))
@@ -229,10 +246,21 @@ class RedisStore(Store):
     async def append_events(
         self, user_id: str, item_ids: list[str], event_id: str
     ) -> tuple[bool, int]:
+        applied, length, _ = await self.append_events_and_read(user_id, item_ids, event_id, [])
+        return applied, length
+
+    async def append_events_and_read(
+        self, user_id: str, item_ids: list[str], event_id: str, model_versions: list[str]
+    ) -> tuple[bool, int, list[UserState]]:
         keys = [hist_key(user_id), events_key(user_id)]
-        args = [event_id, self.hist_ttl, self.max_stored_history, *item_ids]
+        keys += [kv_key(user_id, v) for v in model_versions]
+        args = [event_id, self.hist_ttl, self.max_stored_history, self.kv_ttl, *item_ids]
         (reply,) = await self._pipeline([(APPEND_EVENTS, keys, args)])
-        return bool(reply[0]), int(reply[1])
+        applied, length = bool(reply[0]), int(reply[1])
+        if not model_versions:
+            return applied, length, []
+        history = orjson.loads(reply[2])
+        return applied, length, [UserState(history, kv, "read") for kv in reply[3:]]
 
     async def delete_user(self, user_id: str, model_versions: list[str]) -> bool:
         # Keys of model versions this process does not serve expire with their TTL (no SCAN).

@@ -8,7 +8,7 @@ import pytest
 
 from server.cache_envelope import HEADER_LEN, Envelope
 from server.errors import StoreUnavailable
-from server.store import KVWrite, RedisStore, StateRead, hist_key, kv_key
+from server.store import KVWrite, RedisStore, StateRead, UserState, hist_key, kv_key
 
 
 def run(coro):
@@ -34,6 +34,24 @@ def test_events_are_all_or_nothing_and_applied_once(redis_url, raw_redis):
     assert raw_redis.ttl(hist_key("u")) == -1  # history never expires unless configured
 
 
+def test_append_and_read_returns_what_a_read_would_in_the_same_step(redis_url, raw_redis):
+    async def go(store):
+        assert await store.append_events_and_read("u", ["a"], "e1", ["v1", "v2"]) == (
+            True, 1, [UserState(["a"], None, "read"), UserState(["a"], None, "read")])
+        raw_redis.set(kv_key("u", "v2"), b"CACHE")
+        applied = await store.append_events_and_read("u", ["b", "c"], "e2", ["v1", "v2"])
+        repeated = await store.append_events_and_read("u", ["b", "c"], "e2", ["v2"])
+        reads = await store.read_states([StateRead("u", "v1"), StateRead("u", "v2")])
+        return applied, repeated, reads
+
+    applied, repeated, reads = run(with_store(redis_url, go, kv_ttl_seconds=60))
+    assert applied == (True, 3, reads)
+    assert reads == [UserState(["a", "b", "c"], None, "read"),
+                     UserState(["a", "b", "c"], b"CACHE", "read")]
+    assert repeated == (False, 3, [reads[1]])  # not applied again, still read
+    assert 0 < raw_redis.ttl(kv_key("u", "v2")) <= 60  # reading a cache refreshes its TTL
+
+
 def test_sync_history_extends_a_prefix_and_replaces_otherwise(redis_url):
     async def go(store):
         await store.append_events("u", ["a", "b"], "e1")
@@ -43,6 +61,22 @@ def test_sync_history_extends_a_prefix_and_replaces_otherwise(redis_url):
         return s1.history_action, s2.history_action, s3.history_action, await store.get_history("u")
 
     assert run(with_store(redis_url, go)) == ("extended", "unchanged", "replaced", ["x"])
+
+
+def test_histories_read_back_exactly_whatever_the_item_ids_hold(redis_url):
+    # Histories come back from Lua as one JSON string: every id must survive it unchanged.
+    odd = ["1", "01", "1.0", "-0", "true", "null", "[]", "{}", 'a"b', "a\\b", "a/b", "a\x00b",
+           "tab\tnl\n", "é", "中文", "🙂", "\x7f", " "]
+
+    async def go(store):
+        assert await store.read_states([StateRead("u", None)]) == [UserState([], None, "read")]
+        (empty,) = await store.read_states([StateRead("u", "v")])
+        await store.append_events("u", odd, "e1")
+        states = await store.read_states([StateRead("u", "v"), StateRead("u", None)])
+        return empty.history, [s.history for s in states], await store.get_history("u")
+
+    empty, states, stored = run(with_store(redis_url, go))
+    assert empty == [] and states == [odd, odd] and stored == odd
 
 
 def test_kv_writes_are_compare_and_set(redis_url, raw_redis):

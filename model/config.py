@@ -29,6 +29,10 @@ class ModelConfig:
     n_steps: int = 2  # T: latent reasoning steps
     n_streams: int = 2  # M: PLR parallel streams
     use_gate: bool = True  # PLR MoRS gate; False = plain mean over streams
+    # Std of PLR's trigger init; 0 = init_std. The step input h0 + tau_m + R[k] goes through the
+    # input LayerNorm, so triggers far smaller than h0 (norm ~ sqrt(d)) start every stream at the
+    # same point, where the GRR gradient that would push them apart vanishes.
+    trigger_std: float = 0.0
     grr_weight: float = 0.1  # PLR global reasoning regulariser (lambda)
     rcl_weight: float = 1.0  # PLR reasoning contrastive learning (beta)
     rcl_temperature: float = 1.0
@@ -55,6 +59,8 @@ class ModelConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.kind != "sasrec" and self.n_steps < 1:
             raise ValueError(f"n_steps must be >= 1 for {self.kind}, got {self.n_steps}")
+        if self.trigger_std < 0:
+            raise ValueError(f"trigger_std must be >= 0, got {self.trigger_std}")
         if self.reg_prefixes < 0:
             raise ValueError(f"reg_prefixes must be >= 0, got {self.reg_prefixes}")
         if self.kind == "plr" and self.n_streams < 1:

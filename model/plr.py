@@ -22,15 +22,18 @@ class PLR(SequentialRecommender):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         d = cfg.d_model
-        self.triggers = nn.Parameter(cfg.init_std * torch.randn(cfg.n_streams, d))  # tau_m
+        # tau_m; drawn here as well as in reset_parameters so the RNG stream (and with it every
+        # seeded run) stays what it was before trigger_std existed.
+        self.triggers = nn.Parameter(cfg.init_std * torch.randn(cfg.n_streams, d))
         # R: reasoning-position table, shared by the streams (they differ only by their trigger).
         self.reason_pos = nn.Parameter(cfg.init_std * torch.randn(cfg.n_steps, d))
         self.gate = nn.Linear(d, cfg.n_streams)  # MoRS; unused when cfg.use_gate is False
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        for p in (self.triggers, self.reason_pos):
-            nn.init.normal_(p, mean=0.0, std=self.cfg.init_std)
+        # Same draw order as before trigger_std existed: seeded runs reproduce.
+        nn.init.normal_(self.triggers, mean=0.0, std=self.cfg.trigger_std or self.cfg.init_std)
+        nn.init.normal_(self.reason_pos, mean=0.0, std=self.cfg.init_std)
 
     # -- shared by inference and training --------------------------------------------------------
     def fuse(self, h0: Tensor, states: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -5,6 +5,7 @@ each other, scores do not depend on batch padding, and every loss term and ablat
 what it claims.
 """
 
+import pytest
 import torch
 
 from model.config import ModelConfig
@@ -178,3 +179,19 @@ def test_a_tiny_plr_memorises_a_tiny_synthetic_dataset():
     hits = [model.predict(items[:, : i + 1], torch.full((6,), i + 1)).argmax(-1) == targets[:, i]
             for i in range(8)]
     assert torch.stack(hits).float().mean() > 0.9
+
+
+def test_trigger_std_sets_the_trigger_scale_and_the_default_keeps_the_old_init():
+    default, wide = tiny_plr(seed=3).eval(), tiny_plr(seed=3, trigger_std=1.0).eval()
+    assert default.triggers.std().item() < 0.1 < 0.5 < wide.triggers.std().item()
+    # everything but the triggers is initialised identically: the option draws nothing extra
+    same = {k for k, v in default.state_dict().items() if torch.equal(v, wide.state_dict()[k])}
+    assert same == set(default.state_dict()) - {"triggers"}
+    items, seq_lens, _ = synthetic_batch()
+    with torch.no_grad():  # wide triggers start the streams apart despite the input LayerNorm
+        narrow_states = inference_states(default, items, seq_lens, default.triggers)
+        wide_states = inference_states(wide, items, seq_lens, wide.triggers)
+    spread = lambda s: (s[:, 0] - s[:, 1]).norm(dim=-1).mean().item()  # noqa: E731
+    assert spread(wide_states) > 10 * spread(narrow_states)
+    with pytest.raises(ValueError, match="trigger_std"):
+        ModelConfig(kind="plr", n_items=5, trigger_std=-1.0).validate()

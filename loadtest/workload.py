@@ -67,7 +67,7 @@ def session_pool(sequences: dict[str, list[str]], spec: PoolSpec, rng: random.Ra
 def fixed_length_pool(
     sequences: dict[str, list[str]], spec: PoolSpec, rng: random.Random
 ) -> list[dict]:
-    """Users whose history is exactly spec.length items; real users are replicated ("id~2") when
+    """Users whose history is exactly spec.length items; real users are replicated ("id.replica2") when
     fewer than spec.n_users are long enough, so each pool user still has a real sequence."""
     need = spec.length + 1
     eligible = sorted(u for u, items in sequences.items() if len(items) >= need)
@@ -82,7 +82,8 @@ def fixed_length_pool(
         replica = i // len(eligible)
         future = items[spec.length : spec.length + spec.n_future]
         users.append({
-            "id": user_id if replica == 0 else f"{user_id}~{replica + 1}",
+            # The suffix must be legal in the API's user ids ([A-Za-z0-9._:@-]; "~" got 422s).
+            "id": user_id if replica == 0 else f"{user_id}.replica{replica + 1}",
             "history": items[: spec.length],
             "future": future,
         })

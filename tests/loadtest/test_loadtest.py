@@ -2,6 +2,7 @@
 one real locust run (a few seconds) against the empty app under uvicorn on a free port."""
 
 import json
+import re
 import subprocess
 
 import numpy as np
@@ -28,6 +29,7 @@ from loadtest.workload import (
     save_workload,
 )
 from model.data import InteractionLog, build_dataset
+from server.schemas import USER_ID_PATTERN
 
 
 def synthetic_dataset(n_users=12, seed=0):
@@ -71,9 +73,10 @@ def test_session_pool_keeps_each_real_sequence_split_in_order(workload, sequence
 
 def test_fixed_length_pool_replicates_real_users(workload, sequences):
     users = workload["pools"]["len5"]["users"]
-    assert len(users) == 30 and len({u["id"] for u in users}) == 30  # 12 real users, replicas "~2"
+    assert len(users) == 30 and len({u["id"] for u in users}) == 30  # 12 real users + replicas
     for user in users:
-        real = sequences[user["id"].split("~")[0]]
+        assert re.fullmatch(USER_ID_PATTERN, user["id"])  # the server would answer 422 otherwise
+        real = sequences[user["id"].split(".replica")[0]]
         assert user["history"] == real[:5] and user["future"] == real[5:8]
 
 

@@ -50,14 +50,27 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+# Config options added after checkpoints were first published, with the value that means "as
+# before": hashed only when set to something else, so adding an option never changes the version
+# of (or invalidates) an existing checkpoint.
+NEUTRAL_NEW_OPTIONS = {"trigger_std": 0.0}
+
+
+def _versioned_config(config: ModelConfig) -> dict:
+    data = config.to_dict()
+    return {k: v for k, v in data.items()
+            if not (k in NEUTRAL_NEW_OPTIONS and v == NEUTRAL_NEW_OPTIONS[k])}
+
+
 def content_version(state_dict: dict, config: ModelConfig, vocab: ItemVocab) -> str:
-    """sha256 over the tensors' raw bytes (sorted by name), the config JSON and the vocab JSON."""
+    """sha256 over the tensors' raw bytes (sorted by name), the config JSON (options in
+    NEUTRAL_NEW_OPTIONS left out at their neutral value) and the vocab JSON."""
     digest = hashlib.sha256()
     for name in sorted(state_dict):
         tensor = state_dict[name].detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
-    digest.update(json.dumps(config.to_dict(), sort_keys=True).encode())
+    digest.update(json.dumps(_versioned_config(config), sort_keys=True).encode())
     digest.update(vocab.to_json().encode())
     return digest.hexdigest()[:16]
 

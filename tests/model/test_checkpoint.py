@@ -90,3 +90,25 @@ def test_config_that_does_not_fit_the_weights_is_an_error(tmp_path):
 def test_missing_directory_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         load(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("name", ["plr", "sasrec"])
+def test_the_committed_default_checkpoints_still_load_with_their_published_version(name):
+    # Adding a config option must not change (and so invalidate) a published checkpoint's version.
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "artifacts" / "models" / name
+    assert load(path).version == (path / "version.txt").read_text().strip()
+
+
+def test_a_new_option_changes_the_version_only_when_set():
+    from model.checkpoint import content_version
+
+    vocab = ItemVocab([f"i{i}" for i in range(1, 6)])
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind="plr", n_items=5, d_model=8, n_heads=2, d_ff=16))
+    state = model.state_dict()
+    base = content_version(state, model.cfg, vocab)
+    from dataclasses import replace
+    assert content_version(state, replace(model.cfg, trigger_std=0.0), vocab) == base
+    assert content_version(state, replace(model.cfg, trigger_std=1.0), vocab) != base

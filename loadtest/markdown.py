@@ -4,6 +4,15 @@ beyond picking and formatting, so every number in the page comes from a measured
 from loadtest.stats import QUANTILES
 
 
+def _resumed(steps: dict | None) -> str:
+    """How much of the report this invocation measured (a resumed run reuses saved steps)."""
+    if not steps or not steps["reused"]:
+        return ""
+    return (f" for {steps['run']} steps; {steps['reused']} steps were measured by an earlier "
+            f"invocation of the same plan and checkpoints and reused (steps' own time "
+            f"{steps['steps_wall_s']} s in all)")
+
+
 def _f(value, digits=2, suffix="") -> str:
     if value is None:
         return "-"
@@ -57,7 +66,8 @@ def _setup(ctx: dict, slo_ms: float, results: list[dict]) -> list[str]:
     return [
         "## Setup",
         "",
-        f"- Date: {ctx['date']}; mode `{ctx['mode']}`; run wall time {ctx['wall_s']} s.",
+        f"- Date: {ctx['date']}; mode `{ctx['mode']}`; run wall time {ctx['wall_s']} s"
+        + _resumed(ctx.get("steps")) + ".",
         f"- Command: `{ctx['command']}`",
         f"- Hardware: {ctx['cpu']}, {ctx['cores']} cores, {ctx['platform']}.",
         f"- Pinning: server + its embedded Redis on CPU {ctx['server_cpus']} (torch threads 1, "

@@ -212,12 +212,13 @@ class StepRunner:
 
     def __init__(self, servers, workload, run_dir, args, run_id):
         self.servers, self.workload, self.run_dir, self.args = servers, workload, run_dir, args
-        self.run_id, self.results = run_id, []
+        self.run_id, self.results, self.reused = run_id, [], 0
 
     def __call__(self, step: Step) -> dict:
         path = self.run_dir / "steps" / f"{step.name}.json"
         if path.exists():
             result = json.loads(path.read_text())
+            self.reused += 1
         else:
             result = run_step(
                 step, self.servers, self.workload, self.run_dir, self.args, self.run_id
@@ -299,6 +300,8 @@ def main(argv=None):
         argv if argv is not None else sys.argv[1:],
         run_dir,
     )
+    context["steps"] = {"run": len(run.results) - run.reused, "reused": run.reused,
+                        "steps_wall_s": round(sum(r.get("wall_s", 0) for r in run.results), 1)}
     out = report.write_report(run.results, context, args.docs, args.slo_ms)
     print(f"wrote {out}")
 

@@ -26,12 +26,20 @@ class SequentialRecommender(nn.Module):
         init_weights(self, self.cfg.init_std)
 
     # -- inference ----------------------------------------------------------------------------
-    def user_vectors(self, h0: Tensor, ctx_kv: KV, ctx_lens: Tensor, explain: bool = False):
+    def user_vectors(self, h0: Tensor, ctx_kv: KV, ctx_lens: Tensor, explain: bool = False,
+                     n_ctx: int | None = None):
         """(B, D) fast state + context K/V (B, H, S, Dh per layer, right-padded to ctx_lens).
 
         Returns (B, D) scoring vectors, or (vectors, details dict) when explain is True.
+        n_ctx None: ctx_kv are read only. n_ctx given: ctx_kv have n_ctx context slots followed by
+        at least `scratch_slots` free slots the model may overwrite (the engine's workspace).
         """
         raise NotImplementedError
+
+    @property
+    def scratch_slots(self) -> int:
+        """Free K/V slots after the context that `user_vectors(..., n_ctx=...)` may use."""
+        return 0
 
     @torch.no_grad()
     def predict(self, item_ids: Tensor, seq_lens: Tensor) -> Tensor:

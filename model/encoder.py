@@ -48,7 +48,7 @@ class Block(nn.Module):
         b, h, s, dh = attn.shape
         attn = attn.transpose(1, 2).reshape(b, s, h * dh)
         a = _norm(self.ln_attn, x + self._drop(_linear(self.out, attn)))
-        ff = _linear(self.ff_out, self._drop(F.gelu(_linear(self.ff_in, a))))
+        ff = _linear(self.ff_out, self._drop(_gelu(_linear(self.ff_in, a))))
         return _norm(self.ln_ff, a + self._drop(ff))
 
     def _drop(self, x: Tensor) -> Tensor:
@@ -121,13 +121,28 @@ class Encoder(nn.Module):
 
 
 # Functional calls on the modules' own parameters: same math as calling the modules, without the
-# per-call nn.Module dispatch (~5 us each on CPU), which dominated one-token inference steps.
+# per-call nn.Module dispatch (~5 us each on CPU), which dominated one-token inference steps. The
+# parameters are read from `_parameters` directly: `layer.weight` goes through nn.Module.__getattr__
+# (~0.6 us a lookup, tens per request), the dict is always current (no cached copies to go stale).
 def _linear(layer: nn.Linear, x: Tensor) -> Tensor:
-    return F.linear(x, layer.weight, layer.bias)
+    params = layer._parameters
+    return F.linear(x, params["weight"], params["bias"])
 
 
 def _norm(ln: nn.LayerNorm, x: Tensor) -> Tensor:
-    return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+    params = ln._parameters
+    return F.layer_norm(x, ln.normalized_shape, params["weight"], params["bias"], ln.eps)
+
+
+def _gelu(x: Tensor) -> Tensor:
+    """Exact (erf) GELU. On small tensors without autograd it is composed from erf and in-place
+    arithmetic: ATen's fused CPU GELU kernel costs ~10 us even on a few hundred values (erf alone
+    ~1.3 us), the most expensive op of a one-item step. Large tensors (prefills, training) keep
+    the fused kernel, which wins once memory passes dominate. Same formula, float rounding aside."""
+    if x.requires_grad or x.numel() > 8192 or x.device.type != "cpu":
+        return F.gelu(x)
+    y = torch.erf(x * 0.7071067811865476)
+    return y.add_(1.0).mul_(x).mul_(0.5)
 
 
 def causal_mask(seq_lens: Tensor, size: int) -> Tensor:

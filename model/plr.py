@@ -3,7 +3,8 @@
 Inference scores h0 + z (dual-process), z = sum_m g_m z_m, z_m = mean of stream m's states over
 steps 1..T, g = softmax(W_g h0 + b). Training scores z alone on every prefix at once, and adds the
 GRR diversity term over all M*T states and RCL InfoNCE between two full dropout views
-(plr-method.md s.3). The item K/V passed to `user_vectors` are never modified.
+(plr-method.md s.3). The item K/V passed to `user_vectors` are never modified
+(free slots after them are scratch when `n_ctx` says so).
 """
 
 from __future__ import annotations
@@ -47,11 +48,17 @@ class PLR(SequentialRecommender):
         return z, gate, z_streams
 
     # -- inference --------------------------------------------------------------------------------
-    def user_vectors(self, h0: Tensor, ctx_kv: KV, ctx_lens: Tensor, explain: bool = False):
+    @property
+    def scratch_slots(self) -> int:
+        return self.cfg.n_streams * self.cfg.n_steps
+
+    def user_vectors(self, h0: Tensor, ctx_kv: KV, ctx_lens: Tensor, explain: bool = False,
+                     n_ctx: int | None = None):
         """h0 + z (B, D). With explain, also {"gate": (B, M), "stream_vectors": (B, M, D)} where
         stream_vectors[:, m] = h0 + z_m (stream m scored alone, dual-process), so that
         vectors == sum_m gate[:, m] * stream_vectors[:, m]."""
-        states = reason(self.encoder, h0, ctx_kv, ctx_lens, self.triggers, self.reason_pos)
+        states = reason(self.encoder, h0, ctx_kv, ctx_lens, self.triggers, self.reason_pos,
+                        n_ctx=n_ctx)
         z, gate, z_streams = self.fuse(h0, states)
         vectors = h0 + z
         if not explain:

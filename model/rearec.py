@@ -3,7 +3,8 @@
 One chain of T steps from h0 (model/reasoning.py with M = 1 and a zero offset). ERL scores the mean
 of h_0..h_T and trains CE on it minus kl_weight * mean pairwise KL between the step distributions;
 PRL scores h_T and trains CE at every step with temperatures t * alpha^(T-k) plus InfoNCE between
-clean and noise-perturbed chains. The item K/V passed to `user_vectors` are never modified.
+clean and noise-perturbed chains. The item K/V passed to `user_vectors` are never modified
+(free slots after them are scratch when `n_ctx` says so).
 """
 
 from __future__ import annotations
@@ -41,9 +42,15 @@ class ReaRec(SequentialRecommender):
         return steps.mean(dim=-2) if self.ensemble else steps[..., -1, :]
 
     # -- inference --------------------------------------------------------------------------------
-    def user_vectors(self, h0: Tensor, ctx_kv: KV, ctx_lens: Tensor, explain: bool = False):
+    @property
+    def scratch_slots(self) -> int:
+        return self.cfg.n_steps  # one chain
+
+    def user_vectors(self, h0: Tensor, ctx_kv: KV, ctx_lens: Tensor, explain: bool = False,
+                     n_ctx: int | None = None):
         """(B, D); with explain also {"step_vectors": (B, T+1, D)}, h_0..h_T."""
-        states = reason(self.encoder, h0, ctx_kv, ctx_lens, self._offset(h0), self.reason_pos)
+        states = reason(self.encoder, h0, ctx_kv, ctx_lens, self._offset(h0), self.reason_pos,
+                        n_ctx=n_ctx)
         steps = torch.cat([h0.unsqueeze(1), states[:, 0]], dim=1)  # (B, T+1, D)
         vectors = self.pool(steps)
         return (vectors, {"step_vectors": steps}) if explain else vectors

@@ -1,9 +1,9 @@
 """Latent reasoning through the shared encoder's blocks: ReaRec (M = 1 chain) and PLR (M streams).
 
 `reason` (inference) runs T steps over an item K/V context, all M streams of all B users in one
-forward per step; `reason_all_prefixes` (training) does every prefix of right-padded sequences at
+forward per step (one fused attention per layer over a scratch key buffer); `reason_all_prefixes` (training) does every prefix of right-padded sequences at
 once. A reasoning token sees the real items it may see and its own chain's earlier tokens only;
-item K/V are read in place, never copied or modified. Both forms agree to float tolerance.
+item K/V are never modified (`reason` may use free slots after them as scratch when told to). Both forms agree to float tolerance.
 """
 
 from __future__ import annotations
@@ -74,19 +74,56 @@ def _chain_steps(encoder: Encoder, h: Tensor, item_kv: KV, item_mask: Tensor, r_
 
 
 def reason(encoder: Encoder, h0: Tensor, ctx_kv: KV, ctx_lens: Tensor, offsets: Tensor,
-           r_table: Tensor, input_noise: float = 0.0) -> Tensor:
+           r_table: Tensor, input_noise: float = 0.0, n_ctx: int | None = None) -> Tensor:
     """Inference form. h0 (B, D); ctx_kv per-layer (B or 1, H, S, Dh) right-padded to ctx_lens (B,);
     offsets (M, D) start offsets (zeros for ReaRec, triggers for PLR); r_table (T, D).
 
     Stream m starts at h0 + offsets[m]; a user's M streams are M new tokens of that user per step.
     Returns the reasoning states (B, M, T, D) (step 0 excluded).
+
+    Each layer-step is one fused attention over a key buffer [n_ctx item slots | one slot per
+    (step, stream)] that the chain tokens are written into as they are made; a mask lets stream m
+    see only the real items and its own slots. Why not the training form's per-chain attention:
+    at serving batch sizes a step costs the per-op floor times its op count. n_ctx None: ctx_kv
+    hold items only; they are copied into a new buffer and never written. n_ctx given: ctx_kv
+    (batch B, not broadcast) hold n_ctx item slots followed by at least M*T free slots that are
+    used as the buffer in place (the serving engine's workspace: no copy of the items).
     """
-    b, n_streams = h0.shape[0], offsets.shape[0]
-    n_ctx = ctx_kv[0][0].shape[2]
-    real = torch.arange(n_ctx, device=h0.device) < ctx_lens.view(-1, 1)  # (B, S)
-    item_mask = real.unsqueeze(1).expand(b, n_streams, n_ctx)  # (B, M, S)
-    h = h0.unsqueeze(1) + offsets  # (B, M, D)
-    return _chain_steps(encoder, h, ctx_kv, item_mask, r_table, input_noise)
+    b, n_streams, n_steps = h0.shape[0], offsets.shape[0], r_table.shape[0]
+    dev, slots = h0.device, ctx_kv[0][0].shape[2]
+    if n_ctx is None:
+        n_ctx, width = slots, slots + n_steps * n_streams  # slot n_ctx + t*M + m: stream m, step t
+        scratch = []
+        for k, v in ctx_kv:
+            buf = k.new_empty(2, b, k.shape[1], width, k.shape[3])
+            buf[0, :, :, :n_ctx], buf[1, :, :, :n_ctx] = k, v  # (B or 1) broadcasts
+            scratch.append((buf[0], buf[1]))
+    else:
+        width = n_ctx + n_steps * n_streams
+        if slots < width or ctx_kv[0][0].shape[0] != b:
+            raise ValueError(f"in-place reasoning needs (B={b}, H, >= {width}, Dh) context K/V, "
+                             f"got {tuple(ctx_kv[0][0].shape)}")
+        scratch = ctx_kv
+    real = torch.arange(n_ctx, device=dev) < ctx_lens.view(-1, 1)  # (B, S)
+    chain = torch.arange(n_steps * n_streams, device=dev) % n_streams  # stream of each chain slot
+    own = chain == torch.arange(n_streams, device=dev).view(-1, 1)  # (M, T*M)
+    see = torch.cat([real.unsqueeze(1).expand(b, n_streams, n_ctx), own.expand(b, n_streams, -1)],
+                    dim=-1)  # (B, M, width)
+    # Additive float mask: SDPA would convert a bool mask on every call (T * L times).
+    mask = torch.where(see, 0.0, float("-inf")).unsqueeze(1)  # (B, 1, M, width)
+    h, states = h0.unsqueeze(1) + offsets, []  # (B, M, D)
+    for t in range(n_steps):
+        x = step_inputs(encoder, h, r_table[t], input_noise)  # (B, M, D)
+        end = n_ctx + (t + 1) * n_streams  # slots of later steps hold nothing yet: cut off
+        for i, block in enumerate(encoder.blocks):
+            q, k, v = block.project(x)  # (B, H, M, Dh)
+            keys, values = scratch[i]
+            keys[:, :, end - n_streams : end], values[:, :, end - n_streams : end] = k, v
+            x = block.finish(x, block.attend(q, keys[:, :, :end], values[:, :, :end],
+                                             mask[..., :end]))
+        h = x
+        states.append(h)
+    return torch.stack(states, dim=2)
 
 
 def reason_all_prefixes(encoder: Encoder, hidden: Tensor, item_kv: KV, offsets: Tensor,

@@ -14,7 +14,8 @@ from .encoder import KV
 
 
 class SASRec(SequentialRecommender):
-    def user_vectors(self, h0: Tensor, ctx_kv: KV, ctx_lens: Tensor, explain: bool = False):
+    def user_vectors(self, h0: Tensor, ctx_kv: KV, ctx_lens: Tensor, explain: bool = False,
+                     n_ctx: int | None = None):
         return (h0, {}) if explain else h0
 
     def loss(self, item_ids: Tensor, seq_lens: Tensor, targets: Tensor) -> tuple[Tensor, dict]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import random
 import sys
@@ -30,6 +31,16 @@ from .evaluate import evaluate, summarize
 from .registry import build_model
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(schedule: str, progress: float) -> float:
+    """Multiplier of the base LR at `progress` in [0, 1] through the run's horizon."""
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    return 1.0
+
+
 @dataclass
 class TrainConfig:
     seed: int = 2020
@@ -41,6 +52,10 @@ class TrainConfig:
     ema_decay: float = 0.0
     batch_size: int = 256  # training windows per step, summed over DDP ranks
     lr: float = 1e-3
+    # "constant", or "cosine": per step from lr down to 0 at the end of `epochs` (the run's
+    # horizon; early stopping may still end it first). Why: a decayed LR settles into a minimum
+    # that constant-LR Adam keeps jittering around.
+    lr_schedule: str = "constant"
     weight_decay: float = 0.0
     random_offsets: bool = True  # re-cut the training windows every epoch (model/batches.py)
     max_minutes: float = 0.0  # wall-clock budget; stop after the epoch that passes it (0 = none)
@@ -61,6 +76,8 @@ class TrainConfig:
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(f"need lr > 0 and weight_decay >= 0, got {self.lr}, "
                              f"{self.weight_decay}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; one of {LR_SCHEDULES}")
         if self.metric not in summarize(np.ones(1), np.ones(1)):
             raise ValueError(f"unknown selection metric {self.metric!r}; e.g. 'ndcg@10'")
         return self
@@ -137,13 +154,19 @@ class WeightAverage:
 
 
 def train_epoch(step_module, optimizer, batches, epoch: int, device, progress: bool,
-                average: WeightAverage | None = None) -> float:
-    """One pass over this rank's shard; returns the mean training loss."""
+                average: WeightAverage | None = None, lr_at=None) -> float:
+    """One pass over this rank's shard; returns the mean training loss.
+
+    `lr_at(fraction)`, when given, is the LR for the step at `fraction` in [0, 1) of this epoch.
+    """
     step_module.train()
     total, count = 0.0, 0
-    bar = tqdm(batches.epoch(epoch), desc=f"epoch {epoch}",
-               disable=not progress, leave=False, file=sys.stderr)
-    for item_ids, seq_lens, targets in bar:
+    steps = batches.epoch(epoch)
+    bar = tqdm(steps, desc=f"epoch {epoch}", disable=not progress, leave=False, file=sys.stderr)
+    for i, (item_ids, seq_lens, targets) in enumerate(bar):
+        if lr_at is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(i / len(steps))
         loss, _ = step_module(item_ids.to(device), seq_lens.to(device), targets.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -216,7 +239,9 @@ def train(model_cfg: ModelConfig, train_cfg, dataset, split) -> tuple[nn.Module,
     average = WeightAverage(model, tc.ema_decay) if tc.ema_decay > 0 else None
     scored = average.model if average is not None else model  # what validation and test see
     for epoch in range(1, tc.epochs + 1):
-        loss = train_epoch(step_module, optimizer, batches, epoch, device, show, average)
+        lr_at = None if tc.lr_schedule == "constant" else (  # noqa: E731 (epoch bound per loop)
+            lambda f, e=epoch: tc.lr * lr_factor(tc.lr_schedule, (e - 1 + f) / tc.epochs))
+        loss = train_epoch(step_module, optimizer, batches, epoch, device, show, average, lr_at)
         stop = rank == 0 and _validate(scored, split, tc, epoch, loss, best, history, start)
         # The budget is checked on rank 0 only and broadcast, like early stopping.
         stop = stop or (rank == 0 and tc.max_minutes > 0

@@ -36,7 +36,8 @@ MODEL = ModelConfig(kind="sasrec", d_model=64, n_layers=2, n_heads=2, d_ff=256, 
 TRAIN = TrainConfig(epochs=400, patience=10, batch_size=256, lr=1e-3, weight_decay=0.0,
                     metric="ndcg@10", stride=50)
 TUNABLE = {"dropout": MODEL, "temperature": MODEL, "stride": TRAIN, "weight_decay": TRAIN,
-           "batch_size": TRAIN, "lr": TRAIN, "min_epochs": TRAIN, "ema_decay": TRAIN}
+           "batch_size": TRAIN, "lr": TRAIN, "min_epochs": TRAIN, "ema_decay": TRAIN,
+           "lr_schedule": TRAIN, "epochs": TRAIN}
 ALWAYS_NOTES = [
     "Training is sequence-to-sequence over windows of up to 51 items cut from the end of each "
     "training sequence (every target exactly once per epoch, cuts re-drawn each epoch; "

@@ -9,6 +9,7 @@ It never writes the caches' tensors. The workspace is reused: valid until the ne
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -23,7 +24,8 @@ from ..encoder import KV, Encoder
 class Context:
     """The batch in its internal order (users grouped by new-item count); `inverse` maps back."""
 
-    rows: Tensor  # (B, S, W) workspace view in the cache row layout; rows >= lens[b] are stale
+    rows: Tensor  # (B, S + spare, W) workspace view in the cache row layout; rows >= lens[b] are stale
+    n_ctx: int  # S: context slots; the `spare` slots after them are free scratch
     lens: Tensor  # (B,) long: real context length of each row
     h0: Tensor  # (B, D) hidden state of each row's newest item
     new_rows: list[Tensor]  # in request order: (N_b, W) fp32 CPU rows of the new items
@@ -31,7 +33,7 @@ class Context:
     n_heads: int
 
     def layer_kv(self) -> KV:
-        """Per-layer (K, V) each (B, H, S, Dh) strided views, right-padded to lens."""
+        """Per-layer (K, V) each (B, H, S + spare, Dh) strided views, right-padded to lens."""
         d, h = self.h0.shape[1], self.n_heads
         n_layers = (self.rows.shape[2] // d - 1) // 2
         return [(_heads(self.rows, 2 * i * d, d, h), _heads(self.rows, (2 * i + 1) * d, d, h))
@@ -75,6 +77,7 @@ class ContextBuilder:
         self.width = (2 * cfg.n_layers + 1) * cfg.d_model
         self.max_len = cfg.max_len
         self._workspace = torch.zeros(0, device=device)  # grows, never shrinks; always finite
+        self._ar = torch.arange(cfg.max_len + 1, device=device)
 
     def _buffer(self, batch: int, size: int) -> Tensor:
         numel = batch * size * self.width
@@ -83,10 +86,12 @@ class ContextBuilder:
             self._workspace = torch.zeros(numel, device=self.device)
         return self._workspace[:numel].view(batch, size, self.width)
 
-    def build(self, pasts: list[list[Tensor]], news: list[list[int]]) -> Context:
+    def build(self, pasts: list[list[Tensor]], news: list[list[int]], spare: int = 0) -> Context:
         """pasts[b]: chunks of cached rows (P_b, W) (empty list = none); news[b]: new item indices.
 
         Every user needs P_b + N_b >= 1 and P_b + N_b <= max_len (the caller applies the window).
+        `spare` free slots follow the S = max(P_b + N_b) context slots of every row (scratch for a
+        reasoning model's chain K/V, so it need not copy the context).
         """
         dev = self.device
         order, groups = _groups([len(items) for items in news])
@@ -94,23 +99,36 @@ class ContextBuilder:
         p_list = [sum(c.shape[0] for c in chunks) for chunks in pasts]
         n_list = [len(items) for items in news]
         lens_list = [a + b for a, b in zip(p_list, n_list)]
-        rows = self._buffer(len(order), max(lens_list))  # (B, S, W)
-        p, lens = torch.tensor(p_list, device=dev), torch.tensor(lens_list, device=dev)
-        cols = torch.arange(rows.shape[1], device=dev)
+        batch, size, total = len(order), max(lens_list), max(lens_list) + spare
+        rows = self._buffer(batch, total)  # (B, S + spare, W)
+        p, lens = torch.tensor([p_list, lens_list], device=dev).unbind(0)
+        cols = self._arange(total)
         self._write_past(rows, pasts, p, cols)
-        new_slots = (cols >= p[:, None]) & (cols < lens[:, None])  # (B, S)
+        new_slots = (cols >= p[:, None]) & (cols < lens[:, None])  # (B, S + spare)
+        # Flat (b * (S + spare) + s) index of every new item, in (row, position) order: found once, so each
+        # layer's K/V write is one index_copy_ instead of a boolean-mask write per layer.
+        slots = new_slots.view(-1).nonzero().squeeze(1)
+        flat = rows.view(batch * total, self.width)
+        ends = list(itertools.accumulate(n_list))  # ends[b]: new items in rows 0..b
         for start, stop in groups:
-            self._encode_group(rows[start:stop], new_slots[start:stop], news[start:stop],
+            at = ends[start - 1] if start else 0
+            self._encode_group(rows[start:stop], flat, slots[at : ends[stop - 1]], news[start:stop],
                                p[start:stop], lens[start:stop], max(lens_list[start:stop]))
-        h0 = rows[torch.arange(len(order), device=dev), lens - 1, -self.d_model :]  # (B, D)
-        fresh = rows[new_slots].cpu()  # (sum N, W): a copy, never a view of the workspace
-        new_rows = [None] * len(order)
+        h0 = flat[self._arange(batch) * total + lens - 1, -self.d_model :]  # (B, D)
+        fresh = flat.index_select(0, slots).cpu()  # (sum N, W): a copy, never a view of the workspace
+        new_rows = [None] * batch
         for b, chunk in zip(order, fresh.split(n_list)):
             new_rows[b] = chunk
         inverse = None
         if order != sorted(order):
-            inverse = torch.tensor(sorted(range(len(order)), key=order.__getitem__), device=dev)
-        return Context(rows, lens, h0, new_rows, inverse, self.n_heads)
+            inverse = torch.tensor(sorted(range(batch), key=order.__getitem__), device=dev)
+        return Context(rows, size, lens, h0, new_rows, inverse, self.n_heads)
+
+    def _arange(self, n: int) -> Tensor:
+        """torch.arange(n) on the device, sliced from a cached one (an arange call costs ~5 us)."""
+        if self._ar.numel() < n:
+            self._ar = torch.arange(max(n, 2 * self._ar.numel()), device=self.device)
+        return self._ar[:n]
 
     def _write_past(self, rows: Tensor, pasts: list[list[Tensor]], p: Tensor, cols: Tensor) -> None:
         if self.device.type == "cpu":  # one memcpy per chunk straight from the caches
@@ -127,35 +145,38 @@ class ContextBuilder:
                 flat = flat.pin_memory()
             rows[cols < p[:, None]] = flat.to(self.device, non_blocking=True)
 
-    def _encode_group(self, rows: Tensor, dst: Tensor, ids: list[list[int]], p: Tensor,
-                      lens: Tensor, s_max: int) -> None:
+    def _encode_group(self, rows: Tensor, flat: Tensor, slots: Tensor, ids: list[list[int]],
+                      p: Tensor, lens: Tensor, s_max: int) -> None:
         """Encode new items of a contiguous slice of batch rows, writing their rows in place.
 
-        rows: (G, S, W) view; dst: bool (G, S) the slots of the new items; p, lens (G,) past and
+        rows: (G, S, W) view; flat: the whole batch's (B * S, W) view of the same workspace; slots:
+        the flat indices of this group's new items in (row, position) order; p, lens (G,) past and
         total lengths, s_max their maximum. Each layer writes the new items' [K | V], and the last
         block's output fills their hidden column.
         """
         dev, d = self.device, self.d_model
         n_max = max(len(row) for row in ids)
         item_ids = torch.tensor([row + [0] * (n_max - len(row)) for row in ids], device=dev)
-        j = torch.arange(n_max, device=dev)
+        j = self._arange(n_max)
         positions = (p[:, None] + j).clamp_(max=self.max_len - 1)  # padded columns: any valid index
         # Query (b, j) sees slots < P_b + j + 1 (itself and everything older); padded queries see the
-        # whole row so no softmax row is empty.
+        # whole row so no softmax row is empty. Additive float mask: SDPA would convert a bool mask
+        # on every call, i.e. once per layer.
         visible = torch.minimum(p[:, None] + j + 1, lens[:, None])  # (G, N)
-        mask = (torch.arange(s_max, device=dev) < visible[..., None]).unsqueeze(1)  # (G, 1, N, S)
+        mask = torch.where(self._arange(s_max) < visible[..., None], 0.0, float("-inf"))
+        mask = mask.unsqueeze(1)  # (G, 1, N, S)
         real = None if all(len(row) == n_max for row in ids) else j < (lens - p)[:, None]  # (G, N)
         x = self.encoder.embed_items(item_ids, positions)  # (G, N, D)
         for layer, block in enumerate(self.encoder.blocks):
             # Block.project's layout: qkv columns are [q | k | v], each (H, Dh) flattened, so
             # columns D:3D are this layer's [K | V] segment of a cache row.
             qkv = F.linear(x, block.qkv.weight, block.qkv.bias)  # (G, N, 3D)
-            rows[..., 2 * layer * d : 2 * (layer + 1) * d][dst] = _select(qkv[..., d:], real)
+            flat[:, 2 * layer * d : 2 * (layer + 1) * d].index_copy_(0, slots, _select(qkv[..., d:], real))
             q = qkv[..., :d].unflatten(-1, (self.n_heads, -1)).transpose(1, 2)  # (G, H, N, Dh)
             keys = _heads(rows[:, :s_max], 2 * layer * d, d, self.n_heads)
             values = _heads(rows[:, :s_max], (2 * layer + 1) * d, d, self.n_heads)
             x = block.finish(x, block.attend(q, keys, values, mask))
-        rows[..., -d:][dst] = _select(x, real)
+        flat[:, -d:].index_copy_(0, slots, _select(x, real))
 
 
 def _select(t: Tensor, real: Tensor | None) -> Tensor:

@@ -115,7 +115,7 @@ class Engine:
         for job in jobs:
             self._check_range(job.new_items, "history")
         ctx = self._builder.build([list(j.past.chunks) if j.past else [] for j in jobs],
-                                  [j.new_items for j in jobs])
+                                  [j.new_items for j in jobs], spare=self.model.scratch_slots)
         caches = []
         for job, rows in zip(jobs, ctx.new_rows):
             if job.past is None:
@@ -165,11 +165,12 @@ class Engine:
         excluded = self._exclusions(requests)
         ctx, caches = self._run(jobs)
         want_explain = any(r.explain for r in requests)
-        out = self.model.user_vectors(ctx.h0, ctx.layer_kv(), ctx.lens, explain=want_explain)
+        out = self.model.user_vectors(ctx.h0, ctx.layer_kv(), ctx.lens, explain=want_explain,
+                                      n_ctx=ctx.n_ctx)
         vectors, details = out if want_explain else (out, None)
         scores = self.model.score(ctx.to_request_order(vectors))  # (B, n_items + 1), column 0 -inf
         exclude_items(scores, excluded)
-        tops = top_k(scores, [r.k for r in requests])
+        tops = top_k(scores, [r.k for r in requests], [len(t) for t in excluded])
         if details is not None:
             details = {key: ctx.to_request_order(v) for key, v in details.items()}
         results = []
@@ -184,10 +185,9 @@ class Engine:
         """Per request, the item indices to exclude (1-D long); also range-checks every history."""
         out = []
         for b, r in enumerate(requests):
-            hist = torch.tensor(_as_items(r.history, "history"), dtype=torch.long)
-            deny = torch.tensor(_as_items(r.exclude, "exclude"), dtype=torch.long)
-            for what, t in (("history", hist), ("exclude", deny)):
-                if t.numel() and (int(t.min()) < 1 or int(t.max()) > self.n_items):
-                    self._check_range(t.tolist(), f"request {b} {what}")
-            out.append(torch.cat([hist, deny]) if r.exclude_seen else deny)
+            hist, deny = _as_items(r.history, "history"), _as_items(r.exclude, "exclude")
+            for what, items in (("history", hist), ("exclude", deny)):
+                if items and (min(items) < 1 or max(items) > self.n_items):
+                    self._check_range(items, f"request {b} {what}")
+            out.append(torch.tensor(hist + deny if r.exclude_seen else deny, dtype=torch.long))
         return out

@@ -59,6 +59,30 @@ def test_inference_form_equals_the_dense_block_mask_form_through_forward_layers(
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
 
 
+def test_in_place_scratch_form_equals_the_copying_form_and_leaves_the_items_alone():
+    """reason(..., n_ctx=S) on K/V with spare slots (the engine's workspace) = reason on the items."""
+    model = tiny_plr().eval()
+    items, seq_lens, _ = synthetic_batch()
+    spare = model.scratch_slots  # M * T
+    with torch.no_grad():
+        hidden, kv = model.encoder.encode(items, seq_lens)
+        h0 = model.encoder.last_hidden(hidden, seq_lens)
+        copying = reason(model.encoder, h0, kv, seq_lens, model.triggers, model.reason_pos)
+        n_ctx = kv[0][0].shape[2]
+        roomy = [tuple(torch.cat([t, torch.full_like(t[:, :, :spare], 7.0)], dim=2) for t in layer)
+                 for layer in kv]  # junk (finite) in the spare slots: must not matter
+        before = [tuple(t[:, :, :n_ctx].clone() for t in layer) for layer in roomy]
+        in_place = reason(model.encoder, h0, roomy, seq_lens, model.triggers, model.reason_pos,
+                          n_ctx=n_ctx)
+        with pytest.raises(ValueError, match="in-place reasoning"):
+            reason(model.encoder, h0, kv, seq_lens, model.triggers, model.reason_pos, n_ctx=n_ctx)
+    torch.testing.assert_close(in_place, copying, rtol=1e-5, atol=1e-6)
+    for layer, kept in zip(roomy, before):
+        for t, k in zip(layer, kept):
+            assert torch.equal(t[:, :, :n_ctx], k)  # items untouched; only scratch was written
+        assert not torch.equal(layer[0][:, :, n_ctx:], torch.full_like(layer[0][:, :, n_ctx:], 7.0))
+
+
 def test_all_prefix_training_form_equals_each_prefix_through_the_inference_form():
     model = tiny_plr().eval()
     items, seq_lens, _ = synthetic_batch()

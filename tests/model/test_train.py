@@ -11,7 +11,8 @@ import pytest
 from model import load
 from model.config import ModelConfig
 from model.data import InteractionLog, build_dataset, leave_one_out
-from model.train import TrainConfig, main, train
+from model.registry import build_model
+from model.train import LossModule, TrainConfig, main, train
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--d-ff", "32", "--max-len", "10",
@@ -131,3 +132,35 @@ def test_weight_average_warms_up_then_tracks_the_decay():
         avg.update()
     assert avg.model.weight[0, 0].item() == pytest.approx(1.0, abs=1e-5)
     assert not avg.model.weight.requires_grad
+
+
+def test_cosine_schedule_decays_to_zero_over_the_horizon():
+    from model.train import lr_factor
+    assert lr_factor("constant", 0.7) == 1.0
+    assert lr_factor("cosine", 0.0) == pytest.approx(1.0)
+    assert lr_factor("cosine", 0.5) == pytest.approx(0.5)
+    assert lr_factor("cosine", 1.0) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step").validate()
+
+
+def test_cosine_schedule_drives_the_optimizer_lr():
+    import torch
+
+    from model.batches import TrainBatches
+    from model.train import train_epoch
+    dataset = build_dataset(synthetic_log())
+    split = leave_one_out(dataset)
+    net = build_model(ModelConfig(kind="sasrec", n_items=dataset.n_items, d_model=8, n_layers=1,
+                                  n_heads=1, d_ff=16, max_len=10))
+    seen = []
+
+    class Recording(torch.optim.SGD):
+        def step(self, closure=None):
+            seen.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    opt = Recording(net.parameters(), lr=0.5)
+    batches = TrainBatches(split.train, 10, 16, seed=0)
+    train_epoch(LossModule(net), opt, batches, 1, "cpu", False, lr_at=lambda f: 0.5 * (1 - f))
+    assert seen[0] == 0.5 and all(a > b for a, b in zip(seen, seen[1:])) and len(seen) > 2

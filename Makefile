@@ -42,7 +42,7 @@ analyses: install
 	$(PY) -m model.experiments.analyses
 
 bench: install
-	$(PY) -m model.experiments.inference_bench
+	$(PY) -m model.experiments.inference_bench --checkpoint artifacts/models/sasrec
 
 loadtest: install
 	$(PY) -m loadtest.runner --mode short

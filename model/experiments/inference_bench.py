@@ -224,6 +224,12 @@ DESIGN = """## What is measured against what
   (~170 for SASRec's cached path, about twice that for PLR), so it costs the per-op floor times
   the op count; PLR's reasoning (T x L block passes over the cached K/V) is the same work in both
   paths, and a 200-item prefill adds little real arithmetic. Batching amortises the floor.
+- What the reasoning costs (`model.reasoning.reason`): each of the T x L block passes is one
+  fused attention call over the context K/V plus one slot per (step, stream), the chain tokens
+  written into free slots after the context in the engine's workspace (`user_vectors(...,
+  n_ctx=)`, no copy of the items; stream isolation is a mask), with an additive float mask built
+  once per batch. At batch 32 the passes are bound by reading the item K/V (T x L reads against
+  SASRec's L), which is what keeps PLR above SASRec per request.
 - Not adopted (measured by hand, same machine): `torch.compile(dynamic=True)` of PLR's
   `user_vectors` ran 2.4x faster in steady state (1.27 -> 0.54 ms, n=200, B=1) but took ~100 s to
   compile per process; one torch thread per process (the server runs one process per core).

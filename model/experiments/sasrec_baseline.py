@@ -12,7 +12,7 @@ import argparse
 import json
 import shlex
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -81,12 +81,23 @@ def recipe(args) -> dict:
             "train": {k: v for k, v in asdict(train_cfg).items() if k not in skip}}
 
 
+def same_recipe(stored: dict, current: dict) -> bool:
+    """stored == current, where a config field the stored record predates counts as its default
+    (a field is only ever added with a default that keeps the old behaviour)."""
+    filled = dict(stored)
+    for part, cls in (("model", ModelConfig), ("train", TrainConfig)):
+        defaults = {f.name: f.default for f in fields(cls)}
+        missing = {k: defaults[k] for k in current[part] if k not in stored[part] and k in defaults}
+        filled[part] = {**missing, **stored[part]}
+    return filled == current
+
+
 def run_seed(seed: int, args, data) -> dict:
     """Train one seed (or read it back) and return its result record."""
     path = Path(args.runs_dir) / f"seed{seed}.json"
     if path.exists():
         record = json.loads(path.read_text())
-        if record["recipe"] != recipe(args):
+        if not same_recipe(record["recipe"], recipe(args)):
             raise ValueError(f"{path} was trained with another recipe; use another --runs-dir")
         print(f"seed {seed}: read back from {path}", file=sys.stderr)
         return record

@@ -50,3 +50,16 @@ def test_report_says_plainly_when_plr_does_not_beat_sasrec(tmp_path):
     text = out.read_text()
     assert "PLR does NOT beat SASRec" in text
     assert "Not finished" in text and "ml-100k/sasrec" in text  # 1 of 2 seeds only
+
+
+def test_report_states_the_recipes_actually_used(tmp_path):
+    from model.experiments.results import MODELS, RECIPES
+    summary = {"ml-100k": summarize_dataset({"sasrec": [run("sasrec", 1, np.arange(1, 101))]})}
+    args = argparse.Namespace(argv=[], patience=10, max_epochs=5, max_len=50, max_minutes=0.0,
+                              datasets=["ml-100k"], models=["sasrec"], seeds=[1])
+    out = tmp_path / "results.md"
+    write_report(summary, args, out)
+    text = out.read_text()
+    assert f"sasrec: dropout {RECIPES['sasrec'][0]['dropout']}" in text
+    assert f"rcl_weight {MODELS['plr']['rcl_weight']}" in text
+    assert "summed: 0.0 h" in text  # 60 s of training in the one hand-made run

@@ -1,9 +1,11 @@
 """Latent reasoning through the shared encoder's blocks: ReaRec (M = 1 chain) and PLR (M streams).
 
 `reason` (inference) runs T steps over an item K/V context, all M streams of all B users in one
-forward per step (one fused attention per layer over a scratch key buffer); `reason_all_prefixes` (training) does every prefix of right-padded sequences at
+forward per step (one fused attention per layer over a scratch key buffer);
+`reason_all_prefixes` (training) does every prefix of right-padded sequences at
 once. A reasoning token sees the real items it may see and its own chain's earlier tokens only;
-item K/V are never modified (`reason` may use free slots after them as scratch when told to). Both forms agree to float tolerance.
+item K/V are never modified (`reason` may use free slots after them as scratch when told to).
+Both forms agree to float tolerance.
 """
 
 from __future__ import annotations

@@ -50,6 +50,11 @@ MODELS = {
 }
 
 
+def recipe_for(model_name: str) -> tuple[dict, dict]:
+    """(model config fields, train config fields) of a model's recipe."""
+    return RECIPES["sasrec" if model_name == "sasrec" else "reasoning"]
+
+
 SEEDS = (2020, 2021, 2022)
 METRICS = ("ndcg@10", "recall@10", "ndcg@20", "recall@20")
 
@@ -57,7 +62,7 @@ METRICS = ("ndcg@10", "recall@10", "ndcg@20", "recall@20")
 def run_one(dataset_name: str, model_name: str, seed: int, data, args) -> dict:
     """Train one model; return its metrics, per-user test ranks and costs (JSON-ready)."""
     dataset, split = data
-    model_extra, train_extra = RECIPES["sasrec" if model_name == "sasrec" else "reasoning"]
+    model_extra, train_extra = recipe_for(model_name)
     model_cfg = ModelConfig(**{**model_extra, **MODELS[model_name]}, n_items=dataset.n_items,
                             max_len=args.max_len)
     train_cfg = TrainConfig(seed=seed, epochs=args.max_epochs, patience=args.patience,
@@ -142,7 +147,7 @@ def recipe_text() -> str:
     """Every model's settings as the report states them, read from RECIPES and MODELS."""
     parts = []
     for name, model in MODELS.items():
-        model_extra, train_extra = RECIPES["sasrec" if name == "sasrec" else "reasoning"]
+        model_extra, train_extra = recipe_for(name)
         settings = {**model_extra, **{k: v for k, v in model.items() if k != "kind"},
                     **{k: v for k, v in train_extra.items() if v}}
         parts.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in settings.items()))
@@ -171,7 +176,8 @@ def write_report(summary: dict, args, out_md: Path) -> None:
     total_s = sum(r["train_s"] * len(r["seeds"]) for rows in summary.values() for r in rows)
     if total_s:
         lines += [f"Training wall time of every run in this report, summed: {total_s / 3600:.1f} h "
-                  "(one run per process; two processes ran side by side on the 2 cores).", ""]
+                  "(each run's own training time; runs started in parallel processes overlap in wall-clock "
+                  "time).", ""]
     for name, rows in summary.items():
         lines += [f"## {name} (k-core {DATASETS[name]})", "", HEADER]
         lines += [fmt_row(r) for r in rows] + [""]

@@ -24,7 +24,7 @@ from ..encoder import KV, Encoder
 class Context:
     """The batch in its internal order (users grouped by new-item count); `inverse` maps back."""
 
-    rows: Tensor  # (B, S + spare, W) workspace view in the cache row layout; rows >= lens[b] are stale
+    rows: Tensor  # (B, S + spare, W) workspace view, cache row layout; rows >= lens[b] are stale
     n_ctx: int  # S: context slots; the `spare` slots after them are free scratch
     lens: Tensor  # (B,) long: real context length of each row
     h0: Tensor  # (B, D) hidden state of each row's newest item
@@ -105,8 +105,8 @@ class ContextBuilder:
         cols = self._arange(total)
         self._write_past(rows, pasts, p, cols)
         new_slots = (cols >= p[:, None]) & (cols < lens[:, None])  # (B, S + spare)
-        # Flat (b * (S + spare) + s) index of every new item, in (row, position) order: found once, so each
-        # layer's K/V write is one index_copy_ instead of a boolean-mask write per layer.
+        # Flat (b * (S + spare) + s) index of every new item, in (row, position) order: found
+        # once, so each layer's K/V write is one index_copy_, not a boolean-mask write per layer.
         slots = new_slots.view(-1).nonzero().squeeze(1)
         flat = rows.view(batch * total, self.width)
         ends = list(itertools.accumulate(n_list))  # ends[b]: new items in rows 0..b

@@ -1,8 +1,9 @@
 """`create_app(settings)`: the one place that wires routers, middleware and error mapping.
 
 Domain errors map to HTTP here and nowhere else: InputError -> 422 (field + limit), UnknownModel /
-UnknownUser -> 404, StoreUnavailable -> 503 + Retry-After, oversized body -> 413, missing API key
--> 401. Anything else is a bug: logged, counted, answered 500 without internals.
+UnknownUser -> 404, Unavailable (store trouble, overload, shutdown) -> 503 + Retry-After, oversized
+body -> 413, missing API key -> 401, too many requests in flight -> 503 (middleware). Anything else
+is a bug: logged, counted, answered 500 without internals.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from .errors import InputError, StoreUnavailable, UnknownModel, UnknownUser
+from .errors import InputError, StoreUnavailable, Unavailable, UnknownModel, UnknownUser
 from .lifecycle import AppState
 from .middleware import BodyLimitMiddleware, MetricsMiddleware
 from .routes import events, ops, recommend, users
@@ -50,7 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The last added is the outermost: metrics see every response, 413s included; the size
     # limit still applies before anything reads the body.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics,
+                       max_concurrency=settings.max_concurrency)
     return app
 
 
@@ -83,9 +85,11 @@ def _register_errors(app: FastAPI, state: AppState) -> None:
         count("not_found")
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
-    @app.exception_handler(StoreUnavailable)
-    async def store_down(request: Request, exc: StoreUnavailable):
-        count("store_unavailable")
+    @app.exception_handler(Unavailable)
+    async def unavailable(request: Request, exc: Unavailable):
+        count(exc.kind)
+        if isinstance(exc, StoreUnavailable):
+            count(f"store_{exc.reason}")
         return JSONResponse({"detail": str(exc)}, status_code=503,
                             headers={"Retry-After": str(exc.retry_after)})
 

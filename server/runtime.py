@@ -1,4 +1,4 @@
-"""Loaded models: one `ModelRuntime` per checkpoint directory (checkpoint + engine + compute thread).
+"""Loaded models: one `ModelRuntime` per checkpoint directory (checkpoint + engine + id maps).
 
 `load_runtimes(settings)` loads every subdirectory of `models_dir` once (hidden directories are
 in-progress checkpoint writes and skipped) and raises ValueError naming a bad directory or a
@@ -17,7 +17,6 @@ import torch
 from model.checkpoint import Checkpoint, load
 from model.inference import Engine, RecRequest
 
-from .batcher import ComputeWorker, MicroBatcher
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,11 +27,11 @@ class ModelRuntime:
     name: str
     checkpoint: Checkpoint
     engine: Engine
-    worker: ComputeWorker
     known: frozenset[str] = field(default_factory=frozenset)
     index: dict[str, int] = field(default_factory=dict)  # external id -> vocab index (known ids)
     by_popularity: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    batcher: MicroBatcher | None = None  # attached by the app once the store exists
+    ids: list[str] = field(default_factory=list)  # vocab index -> external id (0 = padding)
+    titles: list[str | None] = field(default_factory=list)  # vocab index -> title or None
 
     @property
     def version(self) -> str:
@@ -55,14 +54,12 @@ class ModelRuntime:
         get = self.index.get  # one pass; the same answer as vocab.to_index of the known ids
         return [j for j in map(get, item_ids) if j is not None]
 
-    def count_known(self, item_ids: list[str], n: int) -> int:
-        return sum(1 for i in item_ids[:n] if i in self.known)
-
     def external(self, indices) -> list[str]:
-        return self.checkpoint.vocab.to_external(indices)
+        ids = self.ids
+        return [ids[i] for i in indices]
 
     def title(self, index: int) -> str | None:
-        return self.checkpoint.titles.get(int(index))
+        return self.titles[index]
 
     def warm_up(self) -> None:
         request = RecRequest(history=[1], cache=None, k=1, exclude_seen=False, explain=True)
@@ -93,14 +90,20 @@ def load_runtime(path: Path, device: torch.device) -> ModelRuntime:
         raise ValueError(f"cannot load model {path.name!r}: {exc}") from exc
     order = np.argsort(-ckpt.popularity[1:], kind="stable") + 1  # most popular first, no padding
     ids = ckpt.vocab.external_ids
+    indices = ckpt.vocab.to_index(ids).tolist()
+    by_index: list[str] = [""] * (ckpt.config.n_items + 1)
+    for item_id, index in zip(ids, indices):
+        by_index[index] = item_id
+    titles = [ckpt.titles.get(i) for i in range(ckpt.config.n_items + 1)]
     return ModelRuntime(
         name=path.name,
         checkpoint=ckpt,
         engine=Engine(ckpt.model, ckpt.version, device=device),
-        worker=ComputeWorker(path.name),
         known=frozenset(ids),
-        index=dict(zip(ids, ckpt.vocab.to_index(ids).tolist())),
+        index=dict(zip(ids, indices)),
         by_popularity=order,
+        ids=by_index,
+        titles=titles,
     )
 
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints,
 USER_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=256)] | StrictInt
-CacheOutcome = Literal["hit", "extended", "rebuilt", "miss", "bypass"]
+CacheOutcome = Literal["precomputed", "hit", "extended", "rebuilt", "miss", "bypass"]
 
 
 def item_strs(item_ids: list[str | int] | None) -> list[str] | None:

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     events_extend_cache: bool = Field(
         True, description="POST /events extends cached KV now (False: next /recommend does it)"
     )
+    # Idempotency window per user: an event id is remembered this long, and at most this many
+    # ids are kept (the oldest evicted one by one); a retry within the window is not applied.
+    idempotency_window_s: int = Field(24 * 3600, ge=1)
+    idempotency_max_ids: int = Field(10_000, ge=1)
 
     # Limits and security.
     api_key: str | None = Field(None, description="None = no auth")
@@ -54,6 +58,12 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(64, ge=1)
     batch_max_wait_ms: float = Field(0.0, ge=0)
     batch_max_in_flight: int = Field(1, ge=1, le=8)
+    # Overload control: works waiting for the compute thread beyond max_queue are refused (503 +
+    # Retry-After); a work still queued after queue_timeout_ms is dropped (503). HTTP requests
+    # in flight beyond max_concurrency are refused at once (503), the fast path included.
+    max_queue: int = Field(1024, ge=1)
+    queue_timeout_ms: float = Field(1000.0, gt=0)
+    max_concurrency: int = Field(4096, ge=1)
 
     # HTTP.
     host: str = "127.0.0.1"

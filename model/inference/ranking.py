@@ -72,3 +72,38 @@ def explain_details(details: dict, model, row: int, excluded: Tensor, k: int) ->
         else:
             out[key] = value[row].tolist()
     return out
+
+
+def rank_states(model, states: Sequence, ks: Sequence[int], exclude_seen: Sequence[bool],
+                explain: Sequence[bool], exclude: Sequence[Sequence[int]] | None = None,
+                ) -> list[tuple[list[int], list[float], dict | None]]:
+    """Top-k (item indices, scores, explain dict or None) of each `UserState`, best first.
+
+    Scores are `model.score(state.vector)`; a state's `seen` items are excluded when
+    exclude_seen[b], plus exclude[b] when given. Every path that answers a user (fresh compute or a
+    stored state) ranks through here, so they cannot drift apart.
+    """
+    if not states:
+        return []
+    device = model.encoder.item_emb.weight.device
+    vectors = torch.stack([s.vector for s in states]).to(device)  # (B, D)
+    scores = model.score(vectors)  # (B, n_items + 1), column 0 -inf
+    excluded = []
+    for b, s in enumerate(states):
+        items = torch.from_numpy(s.seen.astype("int64")) if exclude_seen[b] else _EMPTY
+        if exclude is not None and len(exclude[b]):
+            items = torch.cat([items, torch.as_tensor(list(exclude[b]), dtype=torch.long)])
+        excluded.append(items)
+    exclude_items(scores, excluded)
+    tops = top_k(scores, ks, [t.numel() for t in excluded])
+    out = []
+    for b, (s, (items, values)) in enumerate(zip(states, tops)):
+        info = None
+        if explain[b] and s.details:
+            details = {key: value.unsqueeze(0).to(device) for key, value in s.details.items()}
+            info = explain_details(details, model, 0, torch.isinf(scores[b]), ks[b])
+        out.append((items, values, info))
+    return out
+
+
+_EMPTY = torch.zeros(0, dtype=torch.long)

@@ -76,7 +76,7 @@ def test_server_on_a_redis_cluster(make_client, cluster):
             full = client.post("/recommend", json={"user_id": u, "k": 5, "use_cache": False}).json()
             assert cached["items"] == full["items"] or all(
                 abs(a["score"] - b["score"]) < 1e-4 for a, b in zip(cached["items"], full["items"]))
-    assert client.post("/recommend", json={"user_id": users[0]}).json()["cache"] == "hit"
+    assert client.post("/recommend", json={"user_id": users[0]}).json()["cache"] == "precomputed"
     replaced = client.post("/recommend", json={"user_id": users[1], "history": ITEM_IDS[30:33]})
     assert replaced.json()["cache"] == "rebuilt"
     assert client.delete(f"/users/{users[2]}").status_code == 200

@@ -23,13 +23,17 @@ def test_metrics_expose_stages_batches_outcomes_and_errors(client):
     client.post("/recommend", json={"user_id": "u1"})
     client.post("/recommend", json={"user_id": "bad id"})
     text = client.get("/metrics").text
-    for stage in ("queue_wait", "store_read", "compute", "store_write"):
-        assert f'plr_stage_seconds_count{{model="plr",stage="{stage}"}}' in text, stage
+    for route, model, stage in [("recommend", "plr", "parse"), ("recommend", "plr", "store_read"),
+                                ("recommend", "plr", "compute"), ("recommend", "plr", "rank"),
+                                ("recommend", "plr", "encode"), ("events", "all", "parse"),
+                                ("compute", "all", "queue_wait"), ("write", "all", "store_write")]:
+        assert (f'plr_stage_seconds_count{{model="{model}",route="{route}",stage="{stage}"}}'
+                in text), (route, stage)
     assert 'plr_request_seconds_count{method="POST",route="/recommend",status="200"} 2.0' in text
-    assert 'plr_cache_outcomes_total{model="plr",op="recommend",outcome="hit"} 1.0' in text
+    assert 'plr_cache_outcomes_total{model="plr",op="recommend",outcome="precomputed"} 1.0' in text
     assert 'plr_cache_outcomes_total{model="plr",op="recommend",outcome="miss"} 1.0' in text
     assert 'plr_cache_outcomes_total{model="plr",op="events",outcome="miss"} 1.0' in text
-    assert 'plr_batch_size_count{model="plr"}' in text
+    assert "plr_batch_size_count 1.0" in text
     assert 'plr_errors_total{kind="invalid_request"} 1.0' in text
 
 

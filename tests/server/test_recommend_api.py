@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from server_helpers import ITEM_IDS, MAX_LEN, save_tiny
-from server.store import hist_key, kv_key
+from server.store import hist_key, kv_key, state_key
 
 
 def rec(client, **body):
@@ -27,10 +27,13 @@ def assert_same_answer(a, b, tol=1e-4):
         assert abs(x["score"] - y["score"]) <= tol
 
 
-def test_cache_outcomes_miss_hit_extended_rebuilt_bypass(make_client):
+def test_cache_outcomes_miss_precomputed_hit_extended_rebuilt_bypass(make_client, raw_redis):
     client = make_client(events_extend_cache=False)
     events(client, "u1", ITEM_IDS[:3])
     assert rec(client, user_id="u1")["cache"] == "miss"
+    assert rec(client, user_id="u1")["cache"] == "precomputed"  # the stored state, ranked
+    version = client.get("/models").json()["models"][0]["version"]
+    raw_redis.delete(state_key("u1", version))  # the cache alone covers the history
     assert rec(client, user_id="u1")["cache"] == "hit"
     events(client, "u1", ITEM_IDS[3:5])
     assert rec(client, user_id="u1")["cache"] == "extended"
@@ -50,7 +53,8 @@ def test_events_extend_existing_caches_of_every_model(client):
     answer = events(client, "u1", ITEM_IDS[3:4])
     assert answer["caches"] == {"plr": "extended", "sasrec": "extended"}
     assert answer["cache"] == "extended" and answer["history_length"] == 4
-    assert rec(client, user_id="u1")["cache"] == "hit"
+    for model in ("plr", "sasrec"):  # the event computed each model's state: no model pass now
+        assert rec(client, user_id="u1", model=model)["cache"] == "precomputed"
 
 
 @pytest.mark.parametrize("model", ["plr", "sasrec"])
@@ -59,7 +63,7 @@ def test_cached_answers_equal_full_recompute_across_window_restarts(client, mode
         events(client, "u1", [item])
         cached = rec(client, user_id="u1", model=model, k=10)
         full = rec(client, user_id="u1", model=model, k=10, use_cache=False)
-        assert cached["cache"] in ({"miss"} if step == 0 else {"hit", "extended"})
+        assert cached["cache"] == ("miss" if step == 0 else "precomputed")
         assert_same_answer(cached, full)
         assert cached["history_length"] == step + 1
 
@@ -130,15 +134,17 @@ def test_model_choice_and_versions(client):
     assert (answer["model"], answer["model_version"]) == ("sasrec", by_name["sasrec"]["version"])
 
 
-def test_stale_or_corrupt_caches_are_never_served(make_client, models_dir, raw_redis, tmp_path):
+def test_stale_or_corrupt_caches_and_states_are_never_served(make_client, models_dir, raw_redis,
+                                                              tmp_path):
     client = make_client()
     events(client, "u1", ITEM_IDS[:5])
     rec(client, user_id="u1")
     old_version = client.get("/models").json()["models"][0]["version"]
     old_kv = raw_redis.get(kv_key("u1", old_version))
-    assert old_kv is not None
+    old_state = raw_redis.get(state_key("u1", old_version))
+    assert old_kv is not None and old_state is not None
 
-    # A retrained model (new weights -> new version) never reads the old version's key ...
+    # A retrained model (new weights -> new version) never reads the old version's keys ...
     retrained = tmp_path / "models"
     save_tiny(retrained / "plr", "plr", seed=42)
     new = make_client(models_dir=retrained)
@@ -147,21 +153,35 @@ def test_stale_or_corrupt_caches_are_never_served(make_client, models_dir, raw_r
     first = rec(new, user_id="u1")
     assert first["cache"] == "miss"
     assert_same_answer(first, rec(new, user_id="u1", use_cache=False))
-    # ... and old bytes planted under the new version's key are detected and rebuilt.
+    # ... and old bytes planted under the new version's keys (envelopes naming the current
+    # history) are detected by their model version and recomputed.
     raw_redis.set(kv_key("u1", new_version), old_kv)
+    raw_redis.set(state_key("u1", new_version), old_state)
     planted = rec(new, user_id="u1")
     assert planted["cache"] == "rebuilt"
     assert_same_answer(planted, first)
-    # Torn / corrupted bytes too.
+    # A corrupted state: recomputed from the (intact) cache.
+    value = bytearray(raw_redis.get(state_key("u1", new_version)))
+    value[-3] ^= 0xFF
+    raw_redis.set(state_key("u1", new_version), bytes(value))
+    corrupt_state = rec(new, user_id="u1")
+    assert corrupt_state["cache"] == "hit"
+    assert_same_answer(corrupt_state, first)
+    # Torn / corrupted cache bytes too.
+    raw_redis.delete(state_key("u1", new_version))
     value = bytearray(raw_redis.get(kv_key("u1", new_version)))
     value[-10] ^= 0xFF
     raw_redis.set(kv_key("u1", new_version), bytes(value))
     assert rec(new, user_id="u1")["cache"] == "rebuilt"
-    # A cache whose covered length disagrees with the history (history rewritten behind its back).
-    raw_redis.lset(hist_key("u1"), 0, ITEM_IDS[40])
-    disagree = rec(new, user_id="u1")
-    assert disagree["cache"] == "rebuilt"
-    assert_same_answer(disagree, rec(new, user_id="u1", use_cache=False))
+    # A state made for another history (another token) or a shorter one is never served.
+    good = raw_redis.get(state_key("u1", new_version))
+    raw_redis.set(state_key("u1", new_version), good[:16] + b"0" * 16 + good[32:])
+    assert rec(new, user_id="u1")["cache"] == "hit"
+    new_events = make_client(models_dir=retrained, events_extend_cache=False)
+    events(new_events, "u1", ITEM_IDS[5:6])  # the stored state now covers a prefix only
+    stale = rec(new_events, user_id="u1")
+    assert stale["cache"] == "extended" and stale["history_length"] == 6
+    assert_same_answer(stale, rec(new_events, user_id="u1", use_cache=False))
 
 
 def test_fp16_kv_cache_stays_close_to_full_recompute(make_client, raw_redis):
@@ -170,22 +190,43 @@ def test_fp16_kv_cache_stays_close_to_full_recompute(make_client, raw_redis):
         events(client, "u1", [item])
         rec(client, user_id="u1")
     cached, full = rec(client, user_id="u1"), rec(client, user_id="u1", use_cache=False)
-    assert cached["cache"] == "hit"
+    assert cached["cache"] == "precomputed"
     for x, y in zip(cached["items"], full["items"]):
         assert abs(x["score"] - y["score"]) < 1e-2
 
 
-def test_concurrent_requests_are_batched_into_one_forward(make_client):
+def test_concurrent_requests_are_batched_into_one_forward(client):
     import concurrent.futures
+    import threading
+    import time
 
-    client = make_client(batch_max_wait_ms=50, batch_max_size=16)
+    from server.compute import RankSpec, Work
+
+    state = client.app.state.plr
+    held, gate = threading.Event(), threading.Event()
+
+    def hold():
+        held.set()
+        gate.wait()
+
+    def wait_for(condition):
+        deadline = time.monotonic() + 20
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert condition()
+
+    blocker = client.portal.start_task_soon(state.worker.run, hold)
+    assert held.wait(10)  # the compute thread is busy
+    first = client.portal.start_task_soon(
+        state.batcher.submit, Work(state.runtimes["plr"], RankSpec(1), history=ITEM_IDS[:1]))
+    time.sleep(0.05)
+    wait_for(lambda: state.batcher.depth == 0)  # that batch left: the only slot is taken
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda i: rec(client, history=ITEM_IDS[i:i + 4], k=5), range(8)))
+        answers = [pool.submit(rec, client, history=ITEM_IDS[i:i + 4], k=5) for i in range(8)]
+        wait_for(lambda: state.batcher.depth == 8)  # everyone else queues behind it
+        gate.set()
+        answers = [a.result() for a in answers]
+    blocker.result(), first.result()
     assert all(len(a["items"]) == 5 for a in answers)
     metrics = client.get("/metrics").text
-    sizes = [line for line in metrics.splitlines()
-             if line.startswith('plr_batch_size_bucket{le="1.0",model="plr"}')]
-    count = [line for line in metrics.splitlines()
-             if line.startswith('plr_batch_size_count{model="plr"}')]
-    # 8 requests (+1 warm-up is not counted): fewer forwards than requests.
-    assert float(count[0].split()[-1]) < 8, (sizes, count)
+    assert "plr_batch_size_count 2.0" in metrics and "plr_batch_size_sum 9.0" in metrics

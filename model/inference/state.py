@@ -1,0 +1,102 @@
+"""`UserState`: everything scoring one user needs, computed once when the history changes.
+
+A state holds the model's final user vector (PLR: h0 + sum_m g_m z_m; SASRec: h0), the explain
+details the model reports (PLR: gate and per-stream vectors; ReaRec: per-step vectors) and the
+sorted set of item indices the history holds (for `exclude_seen`). Ranking a state
+(`model/inference/ranking.py`) needs no transformer pass and no K/V. States are immutable values;
+`to_bytes`/`from_bytes` are exact (fp32) and checked (magic, layout, model version, crc32), and bad
+bytes raise `StateFormatError` (a ValueError), never a silently wrong state.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .cache import version_hash
+
+MAGIC = b"PLRS"
+LAYOUT_VERSION = 1
+# magic, layout, detail kind, pad, model version hash, d_model, detail rows, gate size, n_seen,
+# history_length (known items the state covers), crc32 of the payload.
+_HEAD = struct.Struct("<4sHBx16sIIIIII")
+HEADER_SIZE = _HEAD.size
+# Detail kinds: the name of the (X, D) per-vector detail a model reports; a gate goes with streams.
+DETAIL_KINDS = {0: None, 1: "stream_vectors", 2: "step_vectors"}
+_KIND_CODES = {name: code for code, name in DETAIL_KINDS.items()}
+
+
+class StateFormatError(ValueError):
+    """Stored state bytes that are truncated, corrupted, or written for another model/layout."""
+
+
+@dataclass(frozen=True, eq=False)
+class UserState:
+    model_version: str
+    vector: Tensor  # (D,) fp32 CPU: the scoring vector
+    seen: np.ndarray  # (n,) uint32, sorted, unique: item indices of the whole history
+    history_length: int  # known items of the history the state was computed from
+    details: dict[str, Tensor] = field(default_factory=dict)  # see module docstring
+
+    def __post_init__(self):
+        if self.vector.dim() != 1:
+            raise ValueError(f"state vector must be 1-D, got shape {tuple(self.vector.shape)}")
+        unknown = set(self.details) - {"gate", *filter(None, DETAIL_KINDS.values())}
+        if unknown:
+            raise ValueError(f"unknown state details {sorted(unknown)}")
+
+    def to_bytes(self) -> bytes:
+        d = self.vector.shape[0]
+        names = [k for k in self.details if k != "gate"]
+        rows = self.details[names[0]] if names else self.vector.new_zeros(0, d)
+        gate = self.details.get("gate", self.vector.new_zeros(0))
+        payload = b"".join([
+            _f32(self.vector), _f32(gate), _f32(rows), self.seen.astype("<u4", copy=False).tobytes(),
+        ])
+        head = _HEAD.pack(MAGIC, LAYOUT_VERSION, _KIND_CODES[names[0] if names else None],
+                          version_hash(self.model_version), d, rows.shape[0], gate.shape[0],
+                          self.seen.shape[0], self.history_length, zlib.crc32(payload))
+        return head + payload
+
+    @classmethod
+    def from_bytes(cls, data: bytes, model_version: str) -> "UserState":
+        view = memoryview(data)
+        if len(view) < HEADER_SIZE:
+            raise StateFormatError(f"state bytes truncated: {len(view)} < header {HEADER_SIZE}")
+        magic, layout, kind, vhash, d, x, g, n_seen, length, crc = _HEAD.unpack(view[:HEADER_SIZE])
+        if magic != MAGIC or layout != LAYOUT_VERSION or kind not in DETAIL_KINDS:
+            raise StateFormatError(f"not a user state of layout {LAYOUT_VERSION}")
+        if vhash != version_hash(model_version):
+            raise StateFormatError(f"state was written by another model version, not {model_version!r}")
+        floats = d + g + x * d
+        if len(view) != HEADER_SIZE + 4 * (floats + n_seen):
+            raise StateFormatError(f"state bytes of length {len(view)} do not match their header")
+        if zlib.crc32(view[HEADER_SIZE:]) != crc:
+            raise StateFormatError("state bytes corrupted (crc32 mismatch)")
+        values = torch.from_numpy(np.frombuffer(data, "<f4", floats, HEADER_SIZE).copy())
+        seen = np.frombuffer(data, "<u4", n_seen, HEADER_SIZE + 4 * floats)
+        details = {}
+        if g:
+            details["gate"] = values[d : d + g]
+        if DETAIL_KINDS[kind] is not None:
+            details[DETAIL_KINDS[kind]] = values[d + g :].view(x, d)
+        return cls(model_version, values[:d], seen, length, details)
+
+
+def _f32(t: Tensor) -> bytes:
+    return t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+
+
+def seen_union(before: np.ndarray | None, items) -> np.ndarray:
+    """Sorted unique uint32 item indices of `before` (sorted unique, or None) plus `items`."""
+    new = np.asarray(items, dtype=np.uint32)
+    if before is None or before.size == 0:
+        return np.unique(new)
+    if new.size == 0:
+        return before
+    return np.union1d(before, new).astype(np.uint32, copy=False)

@@ -204,7 +204,8 @@ def test_with_an_evicting_policy_only_caches_carry_a_ttl(make_client, raw_redis)
         body = {"user_id": "u", "item_ids": ["1000", "1001"], "event_id": f"{name}-e1"}
         assert client.post("/events", json=body).status_code == 200
         for model in ("plr", "sasrec"):
-            assert client.post("/recommend", json={"user_id": "u", "model": model}).status_code == 200
+            answer = client.post("/recommend", json={"user_id": "u", "model": model})
+            assert answer.status_code == 200
         synced = {"user_id": "v", "history": ["1002", "1003"]}  # the history-sync path
         assert client.post("/recommend", json=synced).status_code == 200
         keys = sorted(k.decode() for k in raw_redis.keys())
@@ -241,7 +242,7 @@ def test_the_image_carries_the_committed_models():
     assert served in copied, f"nothing is copied to PLR_MODELS_DIR={served}"
     sources, flags = copied[served]
     assert sources == ["artifacts/models"]
-    assert not any(f.startswith("--chown") for f in flags), "the server user must not own the models"
+    assert not any(f.startswith("--chown") for f in flags), "the server user must not own them"
     rules = dockerignore_rules()
     for model in ("plr", "sasrec"):
         files = sorted((ROOT / "artifacts/models" / model).iterdir())

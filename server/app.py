@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from .errors import InputError, StoreUnavailable, UnknownModel, UnknownUser
 from .lifecycle import AppState
 from .middleware import BodyLimitMiddleware, MetricsMiddleware
-from .routes import events, ops, recommend, users
+from .routes import events, items, ops, recommend, users
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="PLR recommender", version="1.0", description=DESCRIPTION,
                   lifespan=lifespan)
     app.state.plr = state
-    for router in (recommend.router, events.router, users.router, ops.models_router,
-                   ops.probes_router):
+    for router in (recommend.router, events.router, users.router, items.router,
+                   ops.models_router, ops.probes_router):
         app.include_router(router)
     _register_errors(app, state)
     # The last added is the outermost: metrics see every response, 413s included; the size

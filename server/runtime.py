@@ -18,6 +18,7 @@ from model.checkpoint import Checkpoint, load
 from model.inference import Engine, RecRequest
 
 from .batcher import ComputeWorker, MicroBatcher
+from .catalog import Catalog
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class ModelRuntime:
     index: dict[str, int] = field(default_factory=dict)  # external id -> vocab index (known ids)
     by_popularity: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     batcher: MicroBatcher | None = None  # attached by the app once the store exists
+    catalog: Catalog = field(default_factory=lambda: Catalog([]))  # title search (GET /items)
 
     @property
     def version(self) -> str:
@@ -101,6 +103,7 @@ def load_runtime(path: Path, device: torch.device) -> ModelRuntime:
         known=frozenset(ids),
         index=dict(zip(ids, ckpt.vocab.to_index(ids).tolist())),
         by_popularity=order,
+        catalog=Catalog.build(ckpt.vocab.to_external(order), ckpt.titles, order),
     )
 
 

@@ -80,13 +80,15 @@ def test_unknown_model_is_a_404(client):
     assert response.json()["detail"] == "unknown model 'gpt'; available: ['plr', 'sasrec']"
 
 
-def test_api_key_guards_items(make_client):
+def test_api_key_guards_items_but_not_the_page(make_client):
     client = make_client(api_key="s3cret")
     assert client.get("/items", params={"q": "item"}).status_code == 401
     wrong = client.get("/items", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
     ok = client.get("/items", params={"q": "item"}, headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 200 and ok.json()["total"] == 10
+    for path in ("/", "/static/playground.js", "/static/playground.css"):
+        assert client.get(path).status_code == 200, path
 
 
 def test_items_is_in_the_openapi_schema(client):

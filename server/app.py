@@ -14,11 +14,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from .errors import InputError, StoreUnavailable, Unavailable, UnknownModel, UnknownUser
 from .lifecycle import AppState
 from .middleware import BodyLimitMiddleware, MetricsMiddleware
-from .routes import events, ops, recommend, users
+from .routes import events, items, ops, playground, recommend, users
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="PLR recommender", version="1.0", description=DESCRIPTION,
                   lifespan=lifespan)
     app.state.plr = state
-    for router in (recommend.router, events.router, users.router, ops.models_router,
-                   ops.probes_router):
+    for router in (recommend.router, events.router, users.router, items.router,
+                   ops.models_router, ops.probes_router, playground.router):
         app.include_router(router)
+    app.mount("/static", StaticFiles(directory=playground.STATIC_DIR), name="static")
     _register_errors(app, state)
     # The last added is the outermost: metrics see every response, 413s included; the size
     # limit still applies before anything reads the body.

@@ -17,6 +17,7 @@ import torch
 from model.checkpoint import Checkpoint, load
 from model.inference import Engine, RecRequest
 
+from .catalog import Catalog
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class ModelRuntime:
     by_popularity: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     ids: list[str] = field(default_factory=list)  # vocab index -> external id (0 = padding)
     titles: list[str | None] = field(default_factory=list)  # vocab index -> title or None
+    catalog: Catalog = field(default_factory=lambda: Catalog([]))  # title search (GET /items)
 
     @property
     def version(self) -> str:
@@ -104,6 +106,7 @@ def load_runtime(path: Path, device: torch.device) -> ModelRuntime:
         by_popularity=order,
         ids=by_index,
         titles=titles,
+        catalog=Catalog.build(ckpt.vocab.to_external(order), ckpt.titles, order),
     )
 
 

@@ -157,3 +157,28 @@ class ModelsResponse(BaseModel):
 class HealthResponse(BaseModel):
     status: str
     checks: dict[str, bool] = {}
+
+
+class CatalogItemInfo(BaseModel):
+    item_id: str
+    title: str | None = Field(description="null when the dataset has no title for the item")
+    popularity_rank: int = Field(description="1 = the item with the most training interactions")
+
+
+class ItemsResponse(BaseModel):
+    model: str
+    total: int = Field(description="items matching q (or ids given); `items` is one page of them")
+    limit: int
+    offset: int
+    items: list[CatalogItemInfo]
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"model": "plr", "total": 3, "limit": 20, "offset": 0, "items": [
+                    {"item_id": "50", "title": "Star Wars (1977)", "popularity_rank": 1},
+                    {"item_id": "172", "title": "Empire Strikes Back, The (1980)",
+                     "popularity_rank": 10}]}
+            ]
+        }
+    )

@@ -19,6 +19,7 @@ import asyncio
 import enum
 import logging
 import time
+from dataclasses import asdict
 from collections.abc import Awaitable, Callable
 
 from model.inference import StateFormatError, UserState
@@ -51,6 +52,9 @@ class Mode(enum.Enum):
         if not body.use_cache:
             return cls.UNCACHED
         return cls.STORED if body.history is None else cls.AUTHORITATIVE
+
+
+MAX_LOOKUP_IDS = 100  # GET /items?ids=: one page's worth (the largest `limit`)
 
 
 class Services:
@@ -254,6 +258,29 @@ class Services:
         if not await self.store.delete_user(user_id, versions):
             raise UnknownUser(user_id)
         return {"user_id": user_id, "deleted": True}
+
+    # -- catalogue ------------------------------------------------------------------------------
+    def items(self, model: str | None, q: str | None, ids: str | None, limit: int,
+              offset: int) -> dict:
+        """GET /items: a page of the title matches of `q` (all items when q is empty), or of the
+        comma-separated `ids` in the order given; unknown ids are a 422 naming them."""
+        rt = self.runtime(model)
+        if ids is None:
+            total, rows = rt.catalog.search(q or "", limit, offset)
+        else:
+            if q is not None:
+                raise InputError(("query", "ids"), "give q or ids, not both")
+            wanted = [i.strip() for i in ids.split(",") if i.strip()]
+            if len(wanted) > MAX_LOOKUP_IDS:
+                raise InputError(("query", "ids"), f"ids has {len(wanted)} item ids; the limit "
+                                 f"is {MAX_LOOKUP_IDS}", "too_long")
+            found = [rt.catalog.lookup(i) for i in wanted]
+            unknown = [i for i, row in zip(wanted, found) if row is None]
+            if unknown:
+                raise UnknownItems(("query", "ids"), list(dict.fromkeys(unknown)), rt.name)
+            total, rows = len(found), found[offset:offset + limit]
+        return {"model": rt.name, "total": total, "limit": limit, "offset": offset,
+                "items": [asdict(row) for row in rows]}
 
     # -- models ---------------------------------------------------------------------------------
     def models(self) -> dict:

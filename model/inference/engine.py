@@ -21,7 +21,7 @@ import torch
 from ..base import SequentialRecommender
 from .batch import Context, ContextBuilder
 from .cache import UserCache
-from .ranking import rank_states
+from .ranking import rank_states, with_top
 from .state import UserState, seen_union
 from .window import window_start
 
@@ -72,10 +72,16 @@ def _as_items(seq: Sequence[int], what: str) -> list[int]:
         raise ValueError(f"{what} must be a sequence of integer item indices") from None
 
 
+DEFAULT_TOP = 100  # stored answer length: requests with k <= this need no scoring
+
+
 class Engine:
-    def __init__(self, model: SequentialRecommender, model_version: str, device="cpu"):
-        """Moves `model` to `device` and puts it in eval mode (dropout off: needed for exactness)."""
+    def __init__(self, model: SequentialRecommender, model_version: str, device="cpu",
+                 top: int = DEFAULT_TOP):
+        """Moves `model` to `device` and puts it in eval mode (dropout off: needed for exactness).
+        `top`: how many ranked unseen items each computed `UserState` stores."""
         self.device = torch.device(device)
+        self.top = top
         self.model = model.to(self.device).eval()
         self.model_version = model_version
         cfg = model.cfg
@@ -156,7 +162,7 @@ class Engine:
                       {key: v[b] for key, v in details.items()})
             for b, (job, cache) in enumerate(zip(jobs, caches))
         ]
-        return caches, states
+        return caches, with_top(self.model, states, self.top)
 
     def _run(self, jobs: list[_Job]) -> tuple[Context, list[UserCache]]:
         """Encode every job's new items in one ragged batch; returns the context and new caches."""

@@ -1,9 +1,11 @@
 """`UserState`: everything scoring one user needs, computed once when the history changes.
 
 A state holds the model's final user vector (PLR: h0 + sum_m g_m z_m; SASRec: h0), the explain
-details the model reports (PLR: gate and per-stream vectors; ReaRec: per-step vectors) and the
-sorted set of item indices the history holds (for `exclude_seen`). Ranking a state
-(`model/inference/ranking.py`) needs no transformer pass and no K/V. States are immutable values;
+details the model reports (PLR: gate and per-stream vectors; ReaRec: per-step vectors), the
+sorted set of item indices the history holds (for `exclude_seen`) and the answer most requests
+want, ranked once: the best `top_items` (with `top_scores`) after excluding the seen items.
+Ranking a state (`model/inference/ranking.py`) needs no transformer pass and no K/V; a request
+the stored list covers needs no scoring at all. States are immutable values;
 `to_bytes`/`from_bytes` are exact (fp32) and checked (magic, layout, model version, crc32), and bad
 bytes raise `StateFormatError` (a ValueError), never a silently wrong state.
 """
@@ -21,10 +23,10 @@ from torch import Tensor
 from .cache import version_hash
 
 MAGIC = b"PLRS"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 # magic, layout, detail kind, pad, model version hash, d_model, detail rows, gate size, n_seen,
-# history_length (known items the state covers), crc32 of the payload.
-_HEAD = struct.Struct("<4sHBx16sIIIIII")
+# n_top, history_length (known items the state covers), crc32 of the payload.
+_HEAD = struct.Struct("<4sHBx16sIIIIIII")
 HEADER_SIZE = _HEAD.size
 # Detail kinds: the name of the (X, D) per-vector detail a model reports; a gate goes with streams.
 DETAIL_KINDS = {0: None, 1: "stream_vectors", 2: "step_vectors"}
@@ -42,6 +44,10 @@ class UserState:
     seen: np.ndarray  # (n,) uint32, sorted, unique: item indices of the whole history
     history_length: int  # known items of the history the state was computed from
     details: dict[str, Tensor] = field(default_factory=dict)  # see module docstring
+    # The best items (uint32) and their scores (float32), seen items excluded, best first: the
+    # first min(k, len) of them are the exact answer for k (ranking.py says when they suffice).
+    top_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
+    top_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
     def __post_init__(self):
         if self.vector.dim() != 1:
@@ -56,11 +62,13 @@ class UserState:
         rows = self.details[names[0]] if names else self.vector.new_zeros(0, d)
         gate = self.details.get("gate", self.vector.new_zeros(0))
         payload = b"".join([
-            _f32(self.vector), _f32(gate), _f32(rows), self.seen.astype("<u4", copy=False).tobytes(),
+            _f32(self.vector), _f32(gate), _f32(rows), self.top_scores.astype("<f4").tobytes(),
+            self.seen.astype("<u4", copy=False).tobytes(), self.top_items.astype("<u4").tobytes(),
         ])
         head = _HEAD.pack(MAGIC, LAYOUT_VERSION, _KIND_CODES[names[0] if names else None],
                           version_hash(self.model_version), d, rows.shape[0], gate.shape[0],
-                          self.seen.shape[0], self.history_length, zlib.crc32(payload))
+                          self.seen.shape[0], self.top_items.shape[0], self.history_length,
+                          zlib.crc32(payload))
         return head + payload
 
     @classmethod
@@ -68,24 +76,27 @@ class UserState:
         view = memoryview(data)
         if len(view) < HEADER_SIZE:
             raise StateFormatError(f"state bytes truncated: {len(view)} < header {HEADER_SIZE}")
-        magic, layout, kind, vhash, d, x, g, n_seen, length, crc = _HEAD.unpack(view[:HEADER_SIZE])
+        magic, layout, kind, vhash, d, x, g, n_seen, n_top, length, crc = _HEAD.unpack(
+            view[:HEADER_SIZE])
         if magic != MAGIC or layout != LAYOUT_VERSION or kind not in DETAIL_KINDS:
             raise StateFormatError(f"not a user state of layout {LAYOUT_VERSION}")
         if vhash != version_hash(model_version):
             raise StateFormatError(f"state was written by another model version, not {model_version!r}")
-        floats = d + g + x * d
-        if len(view) != HEADER_SIZE + 4 * (floats + n_seen):
+        floats = d + g + x * d + n_top
+        if len(view) != HEADER_SIZE + 4 * (floats + n_seen + n_top):
             raise StateFormatError(f"state bytes of length {len(view)} do not match their header")
         if zlib.crc32(view[HEADER_SIZE:]) != crc:
             raise StateFormatError("state bytes corrupted (crc32 mismatch)")
-        values = torch.from_numpy(np.frombuffer(data, "<f4", floats, HEADER_SIZE).copy())
+        values = torch.from_numpy(np.frombuffer(data, "<f4", floats - n_top, HEADER_SIZE).copy())
+        top_scores = np.frombuffer(data, "<f4", n_top, HEADER_SIZE + 4 * (floats - n_top))
         seen = np.frombuffer(data, "<u4", n_seen, HEADER_SIZE + 4 * floats)
+        top_items = np.frombuffer(data, "<u4", n_top, HEADER_SIZE + 4 * (floats + n_seen))
         details = {}
         if g:
             details["gate"] = values[d : d + g]
         if DETAIL_KINDS[kind] is not None:
             details[DETAIL_KINDS[kind]] = values[d + g :].view(x, d)
-        return cls(model_version, values[:d], seen, length, details)
+        return cls(model_version, values[:d], seen, length, details, top_items, top_scores)
 
 
 def _f32(t: Tensor) -> bytes:

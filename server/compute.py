@@ -22,6 +22,7 @@ from model.inference.state import seen_union
 from .batcher import ComputeWorker
 from .envelope import ENVELOPE_LEN, KV_MAGIC, STATE_MAGIC, Envelope
 from .metrics import Metrics
+from .near_cache import NearCache, NearEntry
 from .runtime import ModelRuntime
 from .store import ModelView, StateWrite, Store
 from .write_behind import WriteBehind
@@ -46,6 +47,7 @@ class Work:
     length: int = 0  # the stored history (length, token) the view describes
     token: str = ""
     route: str = "recommend"  # metrics label
+    near: NearEntry | None = None  # the near-cache entry whose envelope the read offered
 
     @property
     def builds(self) -> bool:
@@ -69,23 +71,26 @@ class _Planned:
 
 class ComputePipeline:
     def __init__(self, worker: ComputeWorker, store: Store, writes: WriteBehind, metrics: Metrics,
-                 kv_dtype: str):
+                 kv_dtype: str, near: NearCache | None = None):
         self.worker, self.store, self.writes = worker, store, writes
         self.metrics, self.kv_dtype = metrics, kv_dtype
+        self.near = near if near is not None else NearCache(0)
 
     async def __call__(self, works: list[Work]) -> list[WorkResult | Exception]:
         results, writes, timings = await self.worker.run(self._compute, works)
         for (route, model), seconds in timings.items():
             self.metrics.stage(route, model, "compute", seconds)
         if writes:
-            users = [w.user_id for w in writes]
-            self.writes.schedule(users, self._write(writes))
+            for write, entry in writes:
+                self.near.put(write.user_id, write.model_version, entry)
+            writes = [write for write, _ in writes]
+            self.writes.schedule([w.user_id for w in writes], self._write(writes))
         return results
 
     # -- on the compute thread --------------------------------------------------------------------
     def _compute(self, works: list[Work]):
         results: list[WorkResult | Exception] = [None] * len(works)  # type: ignore[list-item]
-        writes: list[StateWrite] = []
+        writes: list[tuple[StateWrite, NearEntry]] = []
         timings: dict[tuple[str, str], float] = defaultdict(float)
         groups: dict[str, list[int]] = defaultdict(list)
         for i, w in enumerate(works):
@@ -108,7 +113,7 @@ class ComputePipeline:
         return results, writes, timings
 
     def _run_group(self, works: list[Work], indices: list[int], results: list,
-                   writes: list[StateWrite]) -> None:
+                   writes: list[tuple[StateWrite, NearEntry]]) -> None:
         rt = works[0].runtime
         planned = [self._plan(w) for w in works]
         todo = [(w, p) for w, p in zip(works, planned) if p.step is not None]
@@ -128,10 +133,18 @@ class ComputePipeline:
 
     def _plan(self, w: Work) -> _Planned:
         rt = w.runtime
+        if w.near is not None and w.view is not None and w.view.fresh_state is None:
+            self.metrics.near_cache("used" if w.view.near else "stale")
         if w.view is None:  # stateless
             items = rt.to_indices(w.history or [])
             return _Planned(Advance(items) if items else None, WorkResult("bypass"))
         view = w.view
+        if view.near:  # the stored cache is the near-cache copy the read offered
+            if w.near is None:
+                return _Planned(None, WorkResult("rebuilt", need_full=True))
+            new = rt.to_indices(view.items or [])
+            return _Planned(Advance(new, w.near.cache, w.near.state.seen),
+                            WorkResult("extended" if new else "hit"), w.near.cache)
         cache = self._decode_cache(rt, view.kv)
         if view.base_state is not None:  # cache and state cover the same prefix: items are new
             base = self._decode_state(rt, view.base_state)
@@ -175,18 +188,30 @@ class ComputePipeline:
             self.metrics.error("state_corrupt")
             return None
 
-    def _write_for(self, w: Work, p: _Planned, cache: UserCache, state: UserState) -> StateWrite:
+    def _write_for(self, w: Work, p: _Planned, cache: UserCache,
+                   state: UserState) -> tuple[StateWrite, NearEntry]:
+        """The conditional write of the new cache and state, and the near-cache entry that
+        describes the stored cache once it lands."""
         write = StateWrite(w.user_id, w.runtime.version, w.length, w.token,
                            state=Envelope(STATE_MAGIC, w.length, w.token).pack() + state.to_bytes())
+        if w.view.near:
+            stored_head, stored_len = w.near.envelope, w.near.stored_len
+        elif w.view.kv is not None:
+            stored_head, stored_len = w.view.kv[:ENVELOPE_LEN], len(w.view.kv)
+        else:
+            stored_head, stored_len = b"", 0
         if p.previous is not None and cache is p.previous:
-            return write  # nothing new in the cache: only the state is written
+            # nothing new in the cache: only the state is written
+            return write, NearEntry(stored_head, stored_len, cache, state)
         mode, payload = cache.write_plan(p.previous, self.kv_dtype)
         write.kv_mode, write.kv_payload = mode, payload
         write.kv_head = Envelope(KV_MAGIC, w.length, w.token).pack()
         if mode == "append":
-            write.expected_head = w.view.kv[:ENVELOPE_LEN]
-            write.expected_strlen = len(w.view.kv)
-        return write
+            write.expected_head, write.expected_strlen = stored_head, stored_len
+            new_len = stored_len + len(payload)
+        else:
+            new_len = ENVELOPE_LEN + len(payload)
+        return write, NearEntry(write.kv_head, new_len, cache, state)
 
     # -- behind the answers -----------------------------------------------------------------------
     async def _write(self, writes: list[StateWrite]) -> None:

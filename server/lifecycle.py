@@ -16,7 +16,9 @@ from .batcher import ComputeWorker, MicroBatcher
 from .compute import ComputePipeline
 from .embedded_redis import EmbeddedRedis
 from .errors import StoreUnavailable
+from .graphs import GraphManager
 from .metrics import Metrics
+from .near_cache import NearCache
 from .runtime import ModelRuntime, load_runtimes
 from .services import Services
 from .settings import Settings
@@ -24,6 +26,16 @@ from .store import IdempotencyPolicy, RedisStore
 from .write_behind import WriteBehind
 
 log = logging.getLogger(__name__)
+
+
+def compute_inline(settings: Settings, runtimes: dict[str, ModelRuntime]) -> bool:
+    """settings.compute, with "auto" resolved: inline for CPU engines on one torch thread."""
+    if settings.compute != "auto":
+        return settings.compute == "inline"
+    import torch
+
+    cpu = all(rt.engine.device.type == "cpu" for rt in runtimes.values())
+    return cpu and torch.get_num_threads() == 1
 
 
 class AppState:
@@ -34,14 +46,18 @@ class AppState:
         self.embedded: EmbeddedRedis | None = None
         self.store: RedisStore | None = None
         self.services: Services | None = None
-        self.worker = ComputeWorker()
+        self.worker: ComputeWorker | None = None
         self.batcher: MicroBatcher | None = None
         self.writes = WriteBehind()
+        self.graphs: GraphManager | None = None
         self.warm = False
 
     async def start(self) -> None:
         s = self.settings
         self.runtimes = await asyncio.to_thread(load_runtimes, s)
+        self.worker = ComputeWorker(inline=compute_inline(s, self.runtimes))
+        self.graphs = GraphManager(s, self.runtimes, self.worker, self.metrics)
+        await self.graphs.start()
         for rt in self.runtimes.values():
             await self.worker.run(rt.warm_up)
         url = s.redis_url
@@ -57,8 +73,9 @@ class AppState:
             max_stored_history=s.max_stored_history,
             idempotency=IdempotencyPolicy(s.idempotency_window_s, s.idempotency_max_ids),
         )
+        near = NearCache(s.near_cache_mb << 20)
         self.batcher = MicroBatcher(
-            ComputePipeline(self.worker, self.store, self.writes, self.metrics, s.kv_dtype),
+            ComputePipeline(self.worker, self.store, self.writes, self.metrics, s.kv_dtype, near),
             max_size=s.batch_max_size, max_wait_s=s.batch_max_wait_ms / 1000,
             max_in_flight=s.batch_max_in_flight, max_queue=s.max_queue,
             deadline_s=s.queue_timeout_ms / 1000, on_batch=self._observe_batch,
@@ -66,7 +83,7 @@ class AppState:
         )
         self.batcher.start()
         self.services = Services(s, self.runtimes, self.store, self.batcher, self.writes,
-                                 self.metrics)
+                                 self.metrics, self.graphs, near)
         self.warm = True
 
     def _observe_batch(self, size: int, waits: list[float]) -> None:
@@ -91,10 +108,13 @@ class AppState:
 
     async def stop(self) -> None:
         self.warm = False
+        if self.graphs:
+            await self.graphs.stop()
         if self.batcher:
             await self.batcher.stop()
         await self.writes.drain()
-        self.worker.close()
+        if self.worker:
+            self.worker.close()
         if self.store:
             await self.store.close()
         if self.embedded:

@@ -36,6 +36,8 @@ class Metrics:
         self.in_flight = Gauge("plr_in_flight", "HTTP requests being served", registry=r)
         self.queue_depth = Gauge("plr_queue_depth", "Works waiting for the compute thread",
                                  registry=r)
+        self.near = Counter("plr_near_cache", "Reads that offered a near-cache copy: used (the "
+                            "stored cache is that copy) or stale", ["result"], registry=r)
         self.ready = Gauge("plr_ready", "1 when models are warm and the store answers", registry=r)
         self.compiled = Gauge("plr_compiled_graphs", "Compiled engine graphs in use per model "
                               "(0 = eager fallback)", ["model"], registry=r)
@@ -60,6 +62,9 @@ class Metrics:
 
     def batch(self, size: int) -> None:
         self.batch_size.observe(size)
+
+    def near_cache(self, result: str) -> None:
+        self._child(self.near, result).inc()
 
     def error(self, kind: str) -> None:
         self._child(self.errors, kind).inc()

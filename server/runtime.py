@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.checkpoint import Checkpoint, load
+from model.checkpoint import Checkpoint, checkpoint_dirs, load
 from model.inference import Engine, RecRequest
 
 from .catalog import Catalog
@@ -74,15 +74,6 @@ def resolve_device(setting: str) -> torch.device:
     if setting == "cuda" and not torch.cuda.is_available():
         raise ValueError("PLR_DEVICE=cuda but no CUDA device is available")
     return torch.device(setting)
-
-
-def checkpoint_dirs(models_dir: Path) -> list[Path]:
-    if not models_dir.is_dir():
-        raise ValueError(f"models directory {models_dir} does not exist (set PLR_MODELS_DIR)")
-    dirs = sorted(p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not dirs:
-        raise ValueError(f"no checkpoints in {models_dir}: train one first (see README)")
-    return dirs
 
 
 def load_runtime(path: Path, device: torch.device) -> ModelRuntime:

@@ -139,6 +139,14 @@ class DeleteUserResponse(BaseModel):
     deleted: bool
 
 
+class EngineInfo(BaseModel):
+    mode: Literal["compiled", "eager", "building"] = Field(
+        description="compiled: ahead-of-time compiled graphs serve small batches; eager: plain "
+                    "PyTorch (graphs off, missing or not loadable: see detail); building: being "
+                    "compiled in the background, eager until then")
+    detail: str
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str
@@ -147,6 +155,7 @@ class ModelInfo(BaseModel):
     n_items: int
     config: dict
     metrics: dict
+    engine: EngineInfo | None = None
 
 
 class ModelsResponse(BaseModel):

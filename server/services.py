@@ -29,6 +29,7 @@ from .compute import RankSpec, Work, WorkResult
 from .envelope import ENVELOPE_LEN
 from .errors import InputError, StoreUnavailable, UnknownItems, UnknownModel, UnknownUser
 from .metrics import Metrics
+from .near_cache import NearCache
 from .runtime import ModelRuntime
 from .schemas import EventsRequest, RecommendRequest, item_strs
 from .settings import Settings
@@ -59,9 +60,12 @@ MAX_LOOKUP_IDS = 100  # GET /items?ids=: one page's worth (the largest `limit`)
 
 class Services:
     def __init__(self, settings: Settings, runtimes: dict[str, ModelRuntime], store: Store,
-                 batcher: MicroBatcher, writes: WriteBehind, metrics: Metrics):
+                 batcher: MicroBatcher, writes: WriteBehind, metrics: Metrics, graphs=None,
+                 near: NearCache | None = None):
         self.settings, self.runtimes, self.store = settings, runtimes, store
         self.batcher, self.writes, self.metrics = batcher, writes, metrics
+        self.graphs = graphs  # GraphManager: each engine's compiled / eager status
+        self.near = near if near is not None else NearCache(0)
 
     def runtime(self, name: str | None) -> ModelRuntime:
         name = name or self.settings.default_model
@@ -108,12 +112,14 @@ class Services:
                         disconnected: Disconnected) -> dict:
         user = body.user_id
         await self.writes.settled(user)  # this process's own pending write for the user first
+        near = self.near.get(user, rt.version)
+        hints = [near.envelope if near else b""]
         started = time.perf_counter()
         try:
             if history is None:
-                view = await self.store.read(user, [rt.version])
+                view = await self.store.read(user, [rt.version], hints=hints)
             else:
-                view = await self.store.sync(user, history, [rt.version])
+                view = await self.store.sync(user, history, [rt.version], hints=hints)
         except StoreUnavailable:
             if history is None:
                 raise
@@ -128,7 +134,8 @@ class Services:
             if ranked is not None:
                 return self._answer(body, rt, view.length, "precomputed", ranked)
             view = await self.store.read(user, [rt.version], skip_state=True)
-        result = await self._submit(self._stored_work(rt, spec, user, view), disconnected)
+        result = await self._submit(self._stored_work(rt, spec, user, view, near=near),
+                                    disconnected)
         if result.need_full:  # a stored base state did not decode: compute from the history
             view = await self.store.read(user, [rt.version], skip_state=True)
             result = await self._submit(self._stored_work(rt, spec, user, view), disconnected)
@@ -136,9 +143,9 @@ class Services:
 
     @staticmethod
     def _stored_work(rt: ModelRuntime, spec: RankSpec | None, user: str, view: UserView,
-                     route: str = "recommend") -> Work:
+                     route: str = "recommend", near=None) -> Work:
         return Work(rt, spec, view=view.models[0], user_id=user, length=view.length,
-                    token=view.token, route=route)
+                    token=view.token, route=route, near=near)
 
     def _rank_stored(self, rt: ModelRuntime, value: bytes, spec: RankSpec):
         """Rank a stored current state right here on the event loop (tens of microseconds: a
@@ -210,17 +217,19 @@ class Services:
         user = body.user_id
         await self.writes.settled(user)
         names = list(self.runtimes) if self.settings.events_extend_cache else []
-        view = await self.store.append_events(user, item_ids, body.event_id,
-                                              [self.runtimes[n].version for n in names])
+        versions = [self.runtimes[n].version for n in names]
+        near = [self.near.get(user, v) for v in versions]
+        view = await self.store.append_events(user, item_ids, body.event_id, versions,
+                                              hints=[e.envelope if e else b"" for e in near])
         caches = {name: "bypass" for name in self.runtimes}
         works: dict[str, Work] = {}
-        for name, model_view in zip(names, view.models):
+        for name, model_view, entry in zip(names, view.models, near):
             if model_view.fresh_state is not None:
                 caches[name] = "hit"  # a repeated event id: nothing changed
-            elif model_view.kv is not None:
+            elif model_view.kv is not None or model_view.near:
                 works[name] = self._stored_work(
                     self.runtimes[name], None, user,
-                    UserView(view.length, view.token, [model_view]), route="events")
+                    UserView(view.length, view.token, [model_view]), route="events", near=entry)
             else:
                 caches[name] = "miss"
         if works:
@@ -255,6 +264,7 @@ class Services:
     async def delete_user(self, user_id: str) -> dict:
         await self.writes.settled(user_id)
         versions = [rt.version for rt in self.runtimes.values()]
+        self.near.discard(user_id, *versions)
         if not await self.store.delete_user(user_id, versions):
             raise UnknownUser(user_id)
         return {"user_id": user_id, "deleted": True}
@@ -289,7 +299,8 @@ class Services:
             "models": [
                 {"name": rt.name, "version": rt.version, "kind": rt.kind,
                  "default": rt.name == self.settings.default_model, "n_items": rt.n_items,
-                 "config": rt.checkpoint.config.to_dict(), "metrics": rt.checkpoint.metrics}
+                 "config": rt.checkpoint.config.to_dict(), "metrics": rt.checkpoint.metrics,
+                 "engine": self.graphs.describe(rt.name) if self.graphs else None}
                 for rt in self.runtimes.values()
             ],
         }

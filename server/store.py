@@ -68,6 +68,7 @@ class ModelView:
     base: int = 0  # `items` are the history entries from this index on (0 = the whole history)
     items: list[str] | None = None  # None when fresh_state is set (nothing else was read)
     stale_kv: bool = False  # a cache existed but was made for another history
+    near: bool = False  # the stored cache is the one the read's hint named: use the local copy
 
 
 @dataclass
@@ -107,18 +108,22 @@ class IdempotencyPolicy:
 class Store(abc.ABC):
     """What the services need from per-user storage; RedisStore is the one implementation."""
 
+    # `hints`, one per version: the 32-byte envelope of the cache the caller holds locally (the
+    # near cache) or b""; a view then says `near` instead of sending bytes the caller has.
     @abc.abstractmethod
-    async def read(self, user_id: str, versions: list[str], skip_state: bool = False) -> UserView:
+    async def read(self, user_id: str, versions: list[str], skip_state: bool = False,
+                   hints: list[bytes] | None = None) -> UserView:
         """Per version: the current state alone, or what computing it needs (skip_state: ignore
         stored states, e.g. after one failed to decode)."""
 
     @abc.abstractmethod
-    async def sync(self, user_id: str, history: list[str], versions: list[str]) -> UserView:
+    async def sync(self, user_id: str, history: list[str], versions: list[str],
+                   hints: list[bytes] | None = None) -> UserView:
         """Make the stored history equal `history` (extend a prefix, else replace), then read."""
 
     @abc.abstractmethod
     async def append_events(self, user_id: str, item_ids: list[str], event_id: str | None,
-                            versions: list[str]) -> UserView:
+                            versions: list[str], hints: list[bytes] | None = None) -> UserView:
         """Append once per event id (None: no id), then read; `applied` says whether it did."""
 
     @abc.abstractmethod
@@ -203,6 +208,8 @@ def _views(raw: list) -> list[ModelView]:
         mode = int(view[0])
         if mode == 1:
             out.append(ModelView(fresh_state=view[1]))
+        elif mode == 4:
+            out.append(ModelView(base=int(view[1]), items=orjson.loads(view[2]), near=True))
         elif mode in (2, 3):
             out.append(ModelView(base_state=view[1], kv=view[2], base=int(view[3]),
                                  items=orjson.loads(view[4]),
@@ -210,6 +217,14 @@ def _views(raw: list) -> list[ModelView]:
         else:  # no history
             out.append(ModelView(items=[]))
     return out
+
+
+def _hints(hints: list[bytes] | None, versions: list[str]) -> list[bytes]:
+    if hints is None:
+        return [b""] * len(versions)
+    if len(hints) != len(versions):
+        raise ValueError(f"{len(hints)} hints for {len(versions)} model versions")
+    return hints
 
 
 class RedisStore(Store):
@@ -279,9 +294,11 @@ class RedisStore(Store):
         return keys
 
     # -- reads ----------------------------------------------------------------------------------
-    async def read(self, user_id: str, versions: list[str], skip_state: bool = False) -> UserView:
+    async def read(self, user_id: str, versions: list[str], skip_state: bool = False,
+                   hints: list[bytes] | None = None) -> UserView:
         keys = [hist_key(user_id), token_key(user_id), *self._model_keys(user_id, versions)]
-        n, tok, views = await self._call("read", keys, ["1" if skip_state else "0"])
+        n, tok, views = await self._call("read", keys, ["1" if skip_state else "0",
+                                                        *_hints(hints, versions)])
         return UserView(int(n), tok.decode(), _views(views))
 
     async def get_history(self, user_id: str) -> list[str]:
@@ -295,18 +312,20 @@ class RedisStore(Store):
         return [hist_key(user_id), token_key(user_id), events_key(user_id),
                 *self._model_keys(user_id, versions)]
 
-    async def sync(self, user_id: str, history: list[str], versions: list[str]) -> UserView:
+    async def sync(self, user_id: str, history: list[str], versions: list[str],
+                   hints: list[bytes] | None = None) -> UserView:
         reply = await self._call("sync", self._user_keys(user_id, versions),
-                                 [new_token(), self.hist_ttl_ms, *history])
+                                 [new_token(), self.hist_ttl_ms, *_hints(hints, versions),
+                                  *history])
         action, n, tok, views = reply
         return UserView(int(n), tok.decode(), _views(views), action=action.decode())
 
     async def append_events(self, user_id: str, item_ids: list[str], event_id: str | None,
-                            versions: list[str]) -> UserView:
+                            versions: list[str], hints: list[bytes] | None = None) -> UserView:
         policy = self.idempotency
         args = [event_id or f"auto:{new_token()}{new_token()}", "0" if event_id else "1",
                 new_token(), self.hist_ttl_ms, self.max_stored_history, 1000 * policy.window_s,
-                policy.max_ids, 1000 * policy.auto_keep_s, *item_ids]
+                policy.max_ids, 1000 * policy.auto_keep_s, *_hints(hints, versions), *item_ids]
         applied, n, tok, views = await self._call("append", self._user_keys(user_id, versions),
                                                   args)
         return UserView(int(n), tok.decode(), _views(views), applied=bool(applied))

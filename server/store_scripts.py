@@ -42,14 +42,22 @@ local function covered(value, magic, tok)
 end
 -- What one model version needs to answer for the history (hist, n, tok):
 -- {1, state} when the state covers exactly this history (nothing else is read);
+-- {4, base, new items} when the stored cache's envelope is `hint` (the caller's near-cache copy,
+-- with its state, is the stored one: no cache or state bytes are sent);
 -- {2, state, kv, base, new items} when state and cache cover the same prefix `base`;
 -- {3, false, kv or false, 0, whole history, stale} otherwise (kv only when it is a prefix;
 -- stale = 1 when a cache existed but could not be used).
-local function model_view(hist, n, tok, st_key, kv_key, skip_state)
+local function model_view(hist, n, tok, st_key, kv_key, skip_state, hint)
   local st = false
   if not skip_state then st = redis.call('GET', st_key) end
   local ls = covered(st, 'PST1', tok)
   if ls == n then return {1, st} end
+  if hint ~= '' and redis.call('GETRANGE', kv_key, 0, 31) == hint then
+    local lh = covered(hint, 'PKV2', tok)
+    if lh >= 0 and lh <= n then
+      return {4, lh, json_list(redis.call('LRANGE', hist, lh, -1))}
+    end
+  end
   local kv = redis.call('GET', kv_key)
   local lk = covered(kv, 'PKV2', tok)
   local stale = 0
@@ -59,11 +67,13 @@ local function model_view(hist, n, tok, st_key, kv_key, skip_state)
   end
   return {3, false, kv, 0, json_list(redis.call('LRANGE', hist, 0, -1)), stale}
 end
-local function views(n, tok, first_key, skip_state)
+-- hints: ARGV index of the first version's hint ('' = none), one per (state, kv) key pair.
+local function views(n, tok, first_key, skip_state, hints)
   local out = {}
   for i = first_key, #KEYS, 2 do
     if n == 0 then out[#out + 1] = {0} else
-      out[#out + 1] = model_view(KEYS[1], n, tok, KEYS[i], KEYS[i + 1], skip_state)
+      local hint = ARGV[hints + (i - first_key) / 2]
+      out[#out + 1] = model_view(KEYS[1], n, tok, KEYS[i], KEYS[i + 1], skip_state, hint)
     end
   end
   return out
@@ -76,22 +86,25 @@ return json_list(redis.call('LRANGE', KEYS[1], 0, -1))
 """
 
 # KEYS: hist, tok, then (state, kv) per model version   ARGV: skip_state (1 = ignore stored
-# states, e.g. one that failed to decode)  ->  {n, tok, view per version}
+# states, e.g. one that failed to decode), a near-cache hint per version
+# ->  {n, tok, view per version}
 READ = _COMMON + """
 local n = redis.call('LLEN', KEYS[1])
 local tok = redis.call('GET', KEYS[2]) or ''
-return {n, tok, views(n, tok, 3, ARGV[1] == '1')}
+return {n, tok, views(n, tok, 3, ARGV[1] == '1', 2)}
 """
 
 # Make the stored history equal the request's (authoritative) one: extend it when the stored one
 # is a prefix (token kept), else replace it (new token; the replaced history's event ids are
 # forgotten with it, so a retried event is applied to the new history). Then READ.
-# KEYS: hist, tok, eids, then (state, kv) pairs   ARGV: new_token, hist_ttl_ms, item ids...
+# KEYS: hist, tok, eids, then (state, kv) pairs
+# ARGV: new_token, hist_ttl_ms, a near-cache hint per version, item ids...
 # -> {action, n, tok, view per version}
 SYNC_HISTORY = _COMMON + """
 local cur = redis.call('LRANGE', KEYS[1], 0, -1)
+local first = 3 + (#KEYS - 3) / 2
 local items = {}
-for i = 3, #ARGV do items[#items + 1] = ARGV[i] end
+for i = first, #ARGV do items[#items + 1] = ARGV[i] end
 local n = #items
 local prefix = #cur <= n
 if prefix then
@@ -116,7 +129,7 @@ if not tok then
   redis.call('SET', KEYS[2], tok)
 end
 if wrote then expire_user({KEYS[1], KEYS[2], KEYS[3]}, ARGV[2], now_ms()) end
-return {action, n, tok, views(n, tok, 4)}
+return {action, n, tok, views(n, tok, 4, false, 3)}
 """
 
 # All-or-nothing append, applied once per event_id within the idempotency window: ids live in a
@@ -126,14 +139,14 @@ return {action, n, tok, views(n, tok, 4)}
 # oldest half of the history is dropped (new token: caches rebuild once). Then READ.
 # KEYS: hist, tok, eids, then (state, kv) pairs
 # ARGV: event_id, is_auto, new_token, hist_ttl_ms, max_stored, window_ms, max_ids, auto_keep_ms,
-#       item ids...   ->  {applied, n, tok, view per version}
+#       a near-cache hint per version, item ids...   ->  {applied, n, tok, view per version}
 APPEND_EVENTS = _COMMON + """
 local applied = 0
 local now = now_ms()
 local window = tonumber(ARGV[6])
 if not redis.call('ZSCORE', KEYS[3], ARGV[1]) then
   local items = {}
-  for i = 9, #ARGV do items[#items + 1] = ARGV[i] end
+  for i = 9 + (#KEYS - 3) / 2, #ARGV do items[#items + 1] = ARGV[i] end
   push(KEYS[1], items, 1)
   local n = redis.call('LLEN', KEYS[1])
   local max_stored = tonumber(ARGV[5])
@@ -154,7 +167,7 @@ if not redis.call('ZSCORE', KEYS[3], ARGV[1]) then
 end
 local n = redis.call('LLEN', KEYS[1])
 local tok = redis.call('GET', KEYS[2]) or ''
-return {applied, n, tok, views(n, tok, 4)}
+return {applied, n, tok, views(n, tok, 4, false, 9)}
 """
 
 # Store what was computed for the history (n, tok): applies only while the history still has

@@ -87,6 +87,18 @@ def test_batch_errors_propagate_to_each_waiter_and_per_item_errors_to_one():
     assert isinstance(second[0], ValueError) and second[1] == 3
 
 
+def test_an_inline_worker_runs_on_the_event_loop_thread():
+    import threading
+
+    worker = ComputeWorker("t", inline=True)
+
+    async def go():
+        return await worker.run(lambda: threading.current_thread() is threading.main_thread())
+
+    assert asyncio.run(go()) is True
+    worker.close()
+
+
 def test_compute_worker_runs_off_the_event_loop_one_at_a_time():
     import threading
 

@@ -51,7 +51,7 @@ def two_servers(tmp_path, redis_url):
     for _ in range(2):
         port = free_port()
         env = dict(os.environ, PLR_MODELS_DIR=str(tmp_path), REDIS_URL=redis_url,
-                   PLR_PORT=str(port), PLR_LOG_LEVEL="warning", PLR_TORCH_THREADS="1",
+                   PLR_PORT=str(port), PLR_LOG_LEVEL="warning", PLR_TORCH_THREADS="1", PLR_COMPILE="off",
                    # A loaded 2-core machine (4 processes here) can stall a Redis reply past the
                    # 1 s default and turn a write into a 503; this test is about lost writes.
                    PLR_REDIS_TIMEOUT_S="10")

@@ -95,3 +95,33 @@ def test_embedded_redis_is_started_when_no_url_is_set(make_client, tmp_path):
     client.post("/events", json={"user_id": "u1", "item_ids": ITEM_IDS[:2]})
     assert client.get("/users/u1").json()["history_length"] == 2
     assert (tmp_path / "redis" / "redis.sock").exists()
+
+
+def engines(client) -> dict:
+    return {m["name"]: m["engine"] for m in client.get("/models").json()["models"]}
+
+
+def test_models_stay_eager_and_say_why_when_compiled_graphs_are_missing(make_client, tmp_path):
+    client = make_client(compile="load", compiled_dir=tmp_path / "nothing-built")
+    plr = engines(client)["plr"]
+    assert plr["mode"] == "eager" and "no compiled graphs" in plr["detail"]
+    assert 'plr_compiled_graphs{model="plr"} 0.0' in client.get("/metrics").text
+    assert client.post("/recommend", json={"history": ITEM_IDS[:3]}).status_code == 200
+    assert engines(make_client())["sasrec"] == {"mode": "eager",
+                                                "detail": "compiled graphs off (PLR_COMPILE=off)"}
+
+
+def test_a_failed_background_build_leaves_engines_eager_and_counts_it(make_client, tmp_path,
+                                                                     monkeypatch):
+    import server.graphs
+
+    monkeypatch.setattr(server.graphs, "BUILD_MODULE", "json.tool")  # exits 2 on these args
+    client = make_client(compile="background", compiled_dir=tmp_path / "out")
+    assert engines(client)["plr"]["mode"] in ("building", "eager")
+    deadline = time.monotonic() + 30
+    while engines(client)["plr"]["mode"] == "building" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    plr = engines(client)["plr"]
+    assert plr["mode"] == "eager" and "background build failed (exit 2" in plr["detail"]
+    assert 'plr_errors_total{kind="compile_failed"} 1.0' in client.get("/metrics").text
+    assert client.post("/recommend", json={"history": ITEM_IDS[:3]}).status_code == 200

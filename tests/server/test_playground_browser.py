@@ -43,7 +43,7 @@ def chromium():
 def live(redis_server, **settings):
     redis_server.start()  # another test may have stopped it
     return LiveServer(create_app(Settings(models_dir=MODELS, redis_url=redis_server.url,
-                                          **settings)))
+                                          compile="off", **settings)))
 
 
 @pytest.fixture(scope="module")

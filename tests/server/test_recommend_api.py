@@ -153,7 +153,7 @@ def test_stale_or_corrupt_caches_and_states_are_never_served(make_client, models
     # A retrained model (new weights -> new version) never reads the old version's keys ...
     retrained = tmp_path / "models"
     save_tiny(retrained / "plr", "plr", seed=42)
-    new = make_client(models_dir=retrained)
+    new = make_client(models_dir=retrained, near_cache_mb=0)  # reads what Redis holds
     new_version = new.get("/models").json()["models"][0]["version"]
     assert new_version != old_version
     first = rec(new, user_id="u1")
@@ -187,7 +187,7 @@ def test_stale_or_corrupt_caches_and_states_are_never_served(make_client, models
     good = raw_redis.get(state_key("u1", new_version))
     raw_redis.set(state_key("u1", new_version), good[:16] + b"0" * 16 + good[32:])
     assert rec(new, user_id="u1")["cache"] == "hit"
-    new_events = make_client(models_dir=retrained, events_extend_cache=False)
+    new_events = make_client(models_dir=retrained, events_extend_cache=False, near_cache_mb=0)
     events(new_events, "u1", ITEM_IDS[5:6])  # the stored state now covers a prefix only
     stale = rec(new_events, user_id="u1")
     assert stale["cache"] == "extended" and stale["history_length"] == 6
@@ -228,13 +228,14 @@ def test_fp16_kv_cache_stays_close_to_full_recompute(make_client):
     assert length > MAX_LEN
 
 
-def test_concurrent_requests_are_batched_into_one_forward(client):
+def test_concurrent_requests_are_batched_into_one_forward(make_client):
     import concurrent.futures
     import threading
     import time
 
     from server.compute import RankSpec, Work
 
+    client = make_client(compute="thread")  # the compute thread is held while requests queue
     state = client.app.state.plr
     held, gate = threading.Event(), threading.Event()
 
@@ -263,3 +264,35 @@ def test_concurrent_requests_are_batched_into_one_forward(client):
     assert all(len(a["items"]) == 5 for a in answers)
     metrics = client.get("/metrics").text
     assert "plr_batch_size_count 2.0" in metrics and "plr_batch_size_sum 9.0" in metrics
+
+
+def test_the_near_cache_serves_only_while_redis_holds_what_it_describes(make_client, raw_redis):
+    """Events on server A use A's local copy (no cache bytes read); when server B writes the
+    user's cache in between, A's copy is stale and A reads B's instead: answers stay exact."""
+    a, b = make_client(), make_client()
+    events(a, "u1", ITEM_IDS[:4])
+    rec(a, user_id="u1")  # builds and keeps a local copy on A
+    for step, (server, item) in enumerate([(a, 4), (a, 5), (b, 6), (a, 7), (a, 8), (b, 9)]):
+        events(server, "u1", ITEM_IDS[item : item + 1])
+        settle(a), settle(b)
+        for reader in (a, b):
+            cached = rec(reader, user_id="u1", k=10)
+            assert cached["cache"] == "precomputed"
+            assert_same_answer(cached, rec(reader, user_id="u1", k=10, use_cache=False))
+    near = a.app.state.plr.services.near
+    assert len(near) >= 1 and near.nbytes > 0
+    metrics = a.get("/metrics").text
+    assert 'plr_near_cache_total{result="used"} 3.0' in metrics  # A's events after its own
+    assert 'plr_near_cache_total{result="stale"} 1.0' in metrics  # A's event after B wrote
+    assert 'plr_errors_total{kind="write_superseded"}' not in metrics  # A never wrote stale
+
+
+def test_deleting_a_user_forgets_the_near_copy_too(client, raw_redis):
+    events(client, "u1", ITEM_IDS[:4])
+    rec(client, user_id="u1")
+    assert client.delete("/users/u1").status_code == 200
+    assert len(client.app.state.plr.services.near) == 0
+    events(client, "u1", ITEM_IDS[10:12])
+    answer = rec(client, user_id="u1")
+    assert answer["cache"] == "miss" and answer["history_length"] == 2
+    assert_same_answer(answer, rec(client, user_id="u1", use_cache=False))

@@ -17,7 +17,8 @@ from model.experiments.hardware import cpu_model
 from loadtest.procs import REPO
 from loadtest.stats import QUANTILES, goodput, rate_matches, ratio
 
-GOALS = {"p50_ratio": 1.06, "goodput_fraction": 0.40, "events_length_ratio": 1.2}
+GOALS = {"p50_ratio": 1.06, "goodput_fraction": 0.40, "events_length_ratio": 1.2,
+         "recommend_vs_floor": 2.5, "events_vs_floor": 5.0}
 
 
 def _by_group(results, group):

@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from .deps import require_api_key
 from .errors import InputError, StoreUnavailable, Unavailable, UnknownModel, UnknownUser
 from .lifecycle import AppState
 from .middleware import BodyLimitMiddleware, MetricsMiddleware
@@ -45,8 +46,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="PLR recommender", version="1.0", description=DESCRIPTION,
                   lifespan=lifespan)
     app.state.plr = state
+    # The API key check is attached only when a key is set: a no-op dependency still costs every
+    # request FastAPI's dependency resolution.
+    guarded = [Depends(require_api_key)] if settings.api_key else []
     for router in (recommend.router, events.router, users.router, items.router,
-                   ops.models_router, ops.probes_router, playground.router):
+                   ops.models_router):
+        app.include_router(router, dependencies=guarded)
+    for router in (ops.probes_router, playground.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=playground.STATIC_DIR), name="static")
     _register_errors(app, state)

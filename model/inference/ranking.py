@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .state import top_covers
+
 
 def exclude_items(scores: Tensor, item_lists: Sequence[Tensor], per_row: bool | None = None) -> None:
     """In place: scores[b, item] = -inf for every item of item_lists[b] (1-D long CPU tensors).
@@ -94,7 +96,7 @@ def rank_states(model, states: Sequence, ks: Sequence[int], exclude_seen: Sequen
     scored = []
     for b, s in enumerate(states):
         covered = exclude_seen[b] and not (exclude is not None and len(exclude[b])) and (
-            ks[b] <= len(s.top_items) or len(s.top_items) == n_items - len(s.seen))
+            top_covers(len(s.top_items), len(s.seen), n_items, ks[b]))
         if covered and not (explain[b] and s.details):
             k = min(ks[b], len(s.top_items))
             out[b] = (s.top_items[:k].tolist(), s.top_scores[:k].tolist(), None)

@@ -73,20 +73,8 @@ class UserState:
 
     @classmethod
     def from_bytes(cls, data: bytes, model_version: str) -> "UserState":
-        view = memoryview(data)
-        if len(view) < HEADER_SIZE:
-            raise StateFormatError(f"state bytes truncated: {len(view)} < header {HEADER_SIZE}")
-        magic, layout, kind, vhash, d, x, g, n_seen, n_top, length, crc = _HEAD.unpack(
-            view[:HEADER_SIZE])
-        if magic != MAGIC or layout != LAYOUT_VERSION or kind not in DETAIL_KINDS:
-            raise StateFormatError(f"not a user state of layout {LAYOUT_VERSION}")
-        if vhash != version_hash(model_version):
-            raise StateFormatError(f"state was written by another model version, not {model_version!r}")
+        kind, d, x, g, n_seen, n_top, length = _checked_header(data, model_version)
         floats = d + g + x * d + n_top
-        if len(view) != HEADER_SIZE + 4 * (floats + n_seen + n_top):
-            raise StateFormatError(f"state bytes of length {len(view)} do not match their header")
-        if zlib.crc32(view[HEADER_SIZE:]) != crc:
-            raise StateFormatError("state bytes corrupted (crc32 mismatch)")
         values = torch.from_numpy(np.frombuffer(data, "<f4", floats - n_top, HEADER_SIZE).copy())
         top_scores = np.frombuffer(data, "<f4", n_top, HEADER_SIZE + 4 * (floats - n_top))
         seen = np.frombuffer(data, "<u4", n_seen, HEADER_SIZE + 4 * floats)
@@ -97,6 +85,46 @@ class UserState:
         if DETAIL_KINDS[kind] is not None:
             details[DETAIL_KINDS[kind]] = values[d + g :].view(x, d)
         return cls(model_version, values[:d], seen, length, details, top_items, top_scores)
+
+
+def _checked_header(data: bytes, model_version: str) -> tuple[int, ...]:
+    """(detail kind, d, detail rows, gate size, n_seen, n_top, history_length) of state bytes
+    whose magic, layout, model version, length and crc32 all check out; else StateFormatError."""
+    view = memoryview(data)
+    if len(view) < HEADER_SIZE:
+        raise StateFormatError(f"state bytes truncated: {len(view)} < header {HEADER_SIZE}")
+    magic, layout, kind, vhash, d, x, g, n_seen, n_top, length, crc = _HEAD.unpack(
+        view[:HEADER_SIZE])
+    if magic != MAGIC or layout != LAYOUT_VERSION or kind not in DETAIL_KINDS:
+        raise StateFormatError(f"not a user state of layout {LAYOUT_VERSION}")
+    if vhash != version_hash(model_version):
+        raise StateFormatError(f"state was written by another model version, not {model_version!r}")
+    if len(view) != HEADER_SIZE + 4 * (d + g + x * d + 2 * n_top + n_seen):
+        raise StateFormatError(f"state bytes of length {len(view)} do not match their header")
+    if zlib.crc32(view[HEADER_SIZE:]) != crc:
+        raise StateFormatError("state bytes corrupted (crc32 mismatch)")
+    return kind, d, x, g, n_seen, n_top, length
+
+
+def top_covers(n_top: int, n_seen: int, n_items: int, k: int) -> bool:
+    """Whether a stored top list of n_top items answers an exclude_seen request for k: k fits in
+    it, or it already holds every unseen item."""
+    return k <= n_top or n_top == n_items - n_seen
+
+
+def stored_answer(data: bytes, model_version: str, n_items: int,
+                  k: int) -> tuple[list[int], list[float]] | None:
+    """The exclude_seen top-k straight from state bytes, decoding nothing but the stored list
+    (a stored user's most common request: no tensors built); None when the list does not cover k.
+    The bytes are checked exactly as `UserState.from_bytes` checks them (StateFormatError)."""
+    kind, d, x, g, n_seen, n_top, _ = _checked_header(data, model_version)
+    if not top_covers(n_top, n_seen, n_items, k):
+        return None
+    k = min(k, n_top)
+    floats = d + g + x * d
+    scores = np.frombuffer(data, "<f4", k, HEADER_SIZE + 4 * floats)
+    items = np.frombuffer(data, "<u4", k, HEADER_SIZE + 4 * (floats + n_top + n_seen))
+    return items.tolist(), scores.tolist()
 
 
 def _f32(t: Tensor) -> bytes:

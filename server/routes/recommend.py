@@ -3,23 +3,22 @@
 import time
 
 import orjson
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 
-from ..deps import require_api_key, services
 from ..middleware import ARRIVED
 from ..schemas import RecommendRequest, RecommendResponse
 from ..services import Services
 
-router = APIRouter(tags=["recommend"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["recommend"])  # API key: server.app adds it when one is set
 
 
 @router.post("/recommend", response_model=RecommendResponse,
              responses={404: {"description": "unknown model"}, 422: {"description": "bad input"},
                         503: {"description": "store down and the request needs stored state, "
                                              "overloaded, or shutting down (Retry-After)"}})
-async def recommend(body: RecommendRequest, request: Request,
-                    svc: Services = Depends(services)) -> Response:
+async def recommend(body: RecommendRequest, request: Request) -> Response:
     handler = time.perf_counter()
+    svc: Services = request.app.state.plr.services  # no Depends: the hot path skips resolution
     return encode(svc, "recommend", request, await svc.recommend(body, request.is_disconnected), handler)
 
 

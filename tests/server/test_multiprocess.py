@@ -51,7 +51,8 @@ def two_servers(tmp_path, redis_url):
     for _ in range(2):
         port = free_port()
         env = dict(os.environ, PLR_MODELS_DIR=str(tmp_path), REDIS_URL=redis_url,
-                   PLR_PORT=str(port), PLR_LOG_LEVEL="warning", PLR_TORCH_THREADS="1", PLR_COMPILE="off",
+                   PLR_PORT=str(port), PLR_LOG_LEVEL="warning", PLR_TORCH_THREADS="1",
+                   PLR_COMPILE="off",
                    # A loaded 2-core machine (4 processes here) can stall a Redis reply past the
                    # 1 s default and turn a write into a 503; this test is about lost writes.
                    PLR_REDIS_TIMEOUT_S="10")
@@ -145,3 +146,36 @@ def test_concurrent_writers_on_two_servers_lose_and_duplicate_nothing(two_server
             assert again["cache"] == "precomputed" and again["items"] == cached["items"]
     for counts in map(outcome_counts, two_servers):
         assert counts.get("rebuilt", 0) == 0 and counts["precomputed"] > 0, counts
+
+
+def test_delete_is_final_while_both_servers_write_the_user(two_servers, raw_redis):
+    """Writers append and read (so both servers compute and write caches and states behind their
+    answers) while deletes land on both servers: after the last delete, and once both servers'
+    pending writes for the user have run, nothing of the user is left in Redis."""
+    user = "victim"
+
+    async def writer(client, w):
+        for s in range(12):
+            await client.post("/events", json={"user_id": user, "item_ids": event_items(w, s)})
+            await client.post("/recommend", json={"user_id": user})
+
+    async def deleter(client):
+        for _ in range(6):
+            await asyncio.sleep(0.02)
+            await client.delete(f"/users/{user}")
+
+    async def go():
+        clients = [httpx.AsyncClient(base_url=url, timeout=60) for url in two_servers]
+        try:
+            await asyncio.gather(*(writer(clients[w % 2], w) for w in range(6)),
+                                 *(deleter(c) for c in clients))
+            for c in clients:  # a DELETE first waits for that server's pending writes of the user
+                await c.delete(f"/users/{user}")
+            return [await c.delete(f"/users/{user}") for c in clients]
+        finally:
+            for c in clients:
+                await c.aclose()
+
+    last = asyncio.run(go())
+    assert [r.status_code for r in last] == [404, 404]
+    assert sorted(raw_redis.keys(f"plr:{{{user}}}:*")) == []

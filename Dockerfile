@@ -40,11 +40,18 @@ USER plr
 # docs/latency.md measured one torch thread per server process (docs/inference.md: "one torch
 # thread per process, one process per core"); scale with PLR_WORKERS or more containers, or raise
 # it for one worker on a dedicated multi-core host.
+# Compiled engine graphs are machine-specific (CPU ISA) and need a C++ compiler to build, which
+# this slim image leaves out: the server loads them from /data/compiled when they are there
+# (build them once on the serving host: `python -m model.inference.compiled --out
+# /data/compiled`, in an image with g++), and serves with the eager engine otherwise (GET /models
+# says which).
 ENV PLR_HOST=0.0.0.0 \
     PLR_PORT=8000 \
     PLR_MODELS_DIR=/app/artifacts/models \
     PLR_DEVICE=cpu \
-    PLR_TORCH_THREADS=1
+    PLR_TORCH_THREADS=1 \
+    PLR_COMPILE=load \
+    PLR_COMPILED_DIR=/data/compiled
 EXPOSE ${PLR_PORT}
 
 # /healthz = process up (liveness). Readiness (models warm + store reachable) is /readyz.

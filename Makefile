@@ -39,6 +39,9 @@ lock: install
 # The default serving checkpoints (PLR and SASRec on MovieLens-100K), trained by the project's code.
 models: install
 	$(PY) -m model.experiments.default_models --out $(MODELS_DIR)
+	# Compiled engine graphs (AOTInductor) for this machine; the server otherwise builds them in
+	# the background at first start and serves eagerly meanwhile.
+	$(PY) -m model.inference.compiled --models-dir $(MODELS_DIR)
 
 results: install
 	$(PY) -m model.experiments.results

@@ -60,4 +60,10 @@ class SequentialRecommender(nn.Module):
 
     def logits(self, vectors: Tensor) -> Tensor:
         """Training logits over real items: (N, D) -> (N, n_items + 1), padding column -inf."""
-        return self.score(vectors) / self.cfg.temperature
+        return self.tempered(self.score(vectors))
+
+    def tempered(self, logits: Tensor) -> Tensor:
+        """logits / temperature; at temperature 1 the logits themselves (a division by 1 is an
+        exact no-op, but a full pass over an (N, n_items) tensor and its gradient)."""
+        t = self.cfg.temperature
+        return logits if t == 1.0 else logits / t

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
 import json
 import math
 import os
@@ -188,11 +189,30 @@ def _broadcast_stop(stop: bool, world_size: int, device) -> bool:
     return bool(flag.item())
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed blocks of up to 32 MB for reuse (process-wide, once).
+
+    Why: a training step allocates and frees the same tens-of-MB activations every step; by
+    default glibc maps each such block fresh from the kernel and unmaps it on free, so every step
+    page-faults and zero-fills its whole working set again (~15 % of a PLR step on CPU). Memory
+    stays at the peak working set instead. Returns False where glibc's mallopt is unavailable.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # glibc's mallopt parameters
+    return all(libc.mallopt(param, value) == 1 for param, value in (
+        (m_mmap_threshold, 32 * 1024 * 1024), (m_trim_threshold, 4 * 1024**3),
+        (m_top_pad, 256 * 1024 * 1024)))
+
+
 def _setup(model_cfg: ModelConfig, tc: TrainConfig, dataset):
     rank, world_size, local_rank = init_distributed(tc.device)
     device = resolve_device(tc.device, local_rank)
     if device.type == "cpu":
         torch.set_num_threads(tc.num_threads or max(1, (os.cpu_count() or 1) // world_size))
+        keep_freed_memory()
     if model_cfg.n_items == 0:
         model_cfg = replace(model_cfg, n_items=dataset.n_items)
     if model_cfg.n_items != dataset.n_items:

@@ -55,16 +55,19 @@ class PLR(SequentialRecommender):
 
     def user_vectors(self, h0: Tensor, ctx_kv: KV, ctx_lens: Tensor, explain: bool = False,
                      n_ctx: int | None = None):
-        """h0 + z (B, D). With explain, also {"gate": (B, M), "stream_vectors": (B, M, D)} where
-        stream_vectors[:, m] = h0 + z_m (stream m scored alone, dual-process), so that
+        """h0 + z (B, D) (z alone when cfg.dual_process is False). With explain, also
+        {"gate": (B, M), "stream_vectors": (B, M, D)} where stream_vectors[:, m] = h0 + z_m
+        (stream m scored alone, dual-process), so that
         vectors == sum_m gate[:, m] * stream_vectors[:, m]."""
         states = reason(self.encoder, h0, ctx_kv, ctx_lens, self.triggers, self.reason_pos,
                         n_ctx=n_ctx)
         z, gate, z_streams = self.fuse(h0, states)
-        vectors = h0 + z
+        dual = self.cfg.dual_process  # False: the ablation that scores z alone
+        vectors = h0 + z if dual else z
         if not explain:
             return vectors
-        return vectors, {"gate": gate, "stream_vectors": h0.unsqueeze(1) + z_streams}
+        return vectors, {"gate": gate,
+                         "stream_vectors": h0.unsqueeze(1) + z_streams if dual else z_streams}
 
     # -- training ---------------------------------------------------------------------------------
     def prefix_states(self, item_ids: Tensor, seq_lens: Tensor) -> tuple[Tensor, Tensor]:

@@ -155,6 +155,10 @@ def execute(spec: RunSpec, data, record_path: Path, run_threads: int = 1,
                      "hardware": hardware(), "torch_threads": torch.get_num_threads(),
                      "loadavg_end": list(os.getloadavg()), "code": code_commit()},
     }
+    if model_cfg.kind == "plr" and model_cfg.n_streams > 1:
+        from .analyses import stream_summary  # stream distances need the weights: now or never
+
+        record["streams"] = stream_summary(model, split.test)
     write_json(record_path, record)
     scratch.unlink(missing_ok=True)
     return record

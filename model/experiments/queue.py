@@ -235,10 +235,11 @@ def supervise(args) -> None:
     argv = [sys.executable, "-m", "model.experiments.queue", "--worker",
             "--threads", str(args.threads), "--nice", str(args.nice), "--poll", str(args.poll)]
     argv += ["--commit"] if args.commit else []
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}  # no idle thread pools either
     workers = []
     for i in range(args.workers):
         out = open(Path(args.log_dir) / f"queue-worker{i + 1}.log", "a")
-        workers.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+        workers.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True))
         _pids(args.pids_file, add=workers[-1].pid)
         log(f"worker {i + 1}: process group {workers[-1].pid}, log {out.name}")

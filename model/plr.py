@@ -108,7 +108,7 @@ class PLR(SequentialRecommender):
     def grr(self, states: Tensor) -> Tensor:
         """GRR over the M*T states of each row: states (N, M, T, D) -> -mean pairwise KL."""
         n, m, t, d = states.shape
-        logits = self.tempered(self.encoder.scores(states.reshape(n, m * t, d))[..., 1:])
+        logits = self.item_logits(states.reshape(n, m * t, d))
         return diversity_loss(logits)
 
     def rcl(self, states: Tensor, states_2: Tensor, keep: Tensor) -> Tensor:

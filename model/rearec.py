@@ -79,7 +79,7 @@ class ReaRec(SequentialRecommender):
             terms = {"ce": F.cross_entropy(self.logits(self.pool(steps)), targets[keep])}
             if self.cfg.kl_weight > 0:
                 chosen = steps[sample_prefixes(keep, self.cfg.reg_prefixes)[keep]]  # (n, T+1, D)
-                logits = self.tempered(self.encoder.scores(chosen)[..., 1:])
+                logits = self.item_logits(chosen)
                 terms["kl"] = diversity_loss(logits)
             return terms
         return self._progressive_terms(hidden, kv, steps, keep, targets)
@@ -88,11 +88,12 @@ class ReaRec(SequentialRecommender):
                            targets: Tensor) -> dict[str, Tensor]:
         n_steps, t, alpha = self.cfg.n_steps, self.cfg.temperature, self.cfg.temp_scale
         target = targets[keep]  # kept: (N, T+1, D), target: (N,)
-        terms = {"ce": F.cross_entropy(self.score(kept[:, -1]) / t, target)}
+        terms = {"ce": F.cross_entropy(self.train_scores(kept[:, -1]) / t, target)}
         if self.cfg.pl_weight > 0:
             # Earlier steps get softer targets: temperature t * alpha^(T-k) for k = 0..T-1.
             terms["pl"] = sum(
-                F.cross_entropy(self.score(kept[:, k]) / (t * alpha ** (n_steps - k)), target)
+                F.cross_entropy(self.train_scores(kept[:, k]) / (t * alpha ** (n_steps - k)),
+                                target)
                 for k in range(n_steps))
         if self.cfg.cl_weight > 0:
             # The noisy chain shares this pass's encoder output; only its reasoning inputs differ.

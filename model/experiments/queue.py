@@ -280,7 +280,9 @@ def describe() -> list[dict]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m model.experiments.queue",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=1, help="worker processes to start")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="1: run the queue in this process; N > 1 (or --pids-file): start N "
+                             "worker processes, each its own process group")
     parser.add_argument("--worker", action="store_true", help="be one worker (internal)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--nice", type=int, default=0, help="niceness of the workers")
@@ -297,8 +299,8 @@ def main(argv=None) -> None:
         for row in describe():
             print(f"{row['job']:48s} {row['state']}")
         return
-    if args.worker:
-        work(args)
+    if args.worker or (args.workers == 1 and not args.pids_file):
+        work(args)  # in this process, logging to the terminal
         return
     Path(args.log_dir).mkdir(parents=True, exist_ok=True)
     supervise(args)

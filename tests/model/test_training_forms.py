@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from model.config import ModelConfig
 from model.encoder import dropout
-from model.reasoning import reason_all_prefixes
+from model.reasoning import diversity_loss, info_nce, reason_all_prefixes
 from model.reasoning_kept import reason_kept_prefixes
 from model.registry import build_model
 from model_helpers import N_ITEMS, synthetic_batch
@@ -36,32 +36,38 @@ def batch_with_unkept_prefixes():
 
 
 def old_loss(model, items, seq_lens, targets):
-    """The pre-speed-up formulation of each kind's training loss (dense prefixes)."""
+    """The pre-speed-up formulation of each kind's training loss (dense prefixes, logits over the
+    unpadded item table)."""
     cfg, enc = model.cfg, model.encoder
     keep = targets > 0
+
+    def logits(vectors):
+        return model.score(vectors) / cfg.temperature
+
+    def item_logits(vectors):
+        return enc.scores(vectors)[..., 1:] / cfg.temperature
+
     hidden, kv = enc.encode(items, seq_lens)
     if cfg.kind == "sasrec":
-        return F.cross_entropy(model.logits(hidden[keep]), targets[keep])
+        return F.cross_entropy(logits(hidden[keep]), targets[keep])
     if cfg.kind == "plr":
         states = reason_all_prefixes(enc, hidden, kv, model.triggers, model.reason_pos)
         z, _, _ = model.fuse(hidden, states)
-        loss = F.cross_entropy(model.logits(z[keep]), targets[keep])
-        loss = loss + cfg.grr_weight * model.grr(states[keep])
+        loss = F.cross_entropy(logits(z[keep]), targets[keep])
+        n, m, t, d = states[keep].shape
+        loss = loss + cfg.grr_weight * diversity_loss(item_logits(states[keep].reshape(n, m * t, d)))
         hidden_2, kv_2 = enc.encode(items, seq_lens)
         states_2 = reason_all_prefixes(enc, hidden_2, kv_2, model.triggers, model.reason_pos)
         return loss + cfg.rcl_weight * model.rcl(states, states_2, keep)
     steps = model.prefix_steps(hidden, kv)  # (B, S, T+1, D)
     if cfg.kind == "rearec-erl":
-        loss = F.cross_entropy(model.logits(model.pool(steps[keep])), targets[keep])
-        logits = enc.scores(steps[keep])[..., 1:] / cfg.temperature
-        from model.reasoning import diversity_loss
-        return loss + cfg.kl_weight * diversity_loss(logits)
+        loss = F.cross_entropy(logits(model.pool(steps[keep])), targets[keep])
+        return loss + cfg.kl_weight * diversity_loss(item_logits(steps[keep]))
     kept, t, alpha = steps[keep], cfg.temperature, cfg.temp_scale
     loss = F.cross_entropy(model.score(kept[:, -1]) / t, targets[keep])
     loss = loss + cfg.pl_weight * sum(
         F.cross_entropy(model.score(kept[:, k]) / (t * alpha ** (cfg.n_steps - k)), targets[keep])
         for k in range(cfg.n_steps))
-    from model.reasoning import info_nce
     noisy = model.prefix_steps(hidden, kv)
     return loss + cfg.cl_weight * info_nce(noisy[:, :, 1:], steps[:, :, 1:], keep, t)
 

@@ -125,11 +125,11 @@ def try_lock(job: Job):
     return handle
 
 
-def next_job() -> tuple[Job | None, object, int]:
-    """(the first ready job, its lock, number of jobs still to run)."""
+def next_job(skip: frozenset = frozenset()) -> tuple[Job | None, object, int]:
+    """(the first ready job not in `skip`, its lock, number of jobs still to run)."""
     jobs = [j for j in all_jobs() if not j.done()]
     for job in jobs:
-        if job.path is None or (job.spec() is None and not _copy_source(job)):
+        if job.id in skip or job.path is None or (job.spec() is None and not _copy_source(job)):
             continue
         lock = try_lock(job)
         if lock is None:
@@ -205,12 +205,12 @@ def log(message: str) -> None:
 def work(args) -> None:
     if args.nice:
         os.nice(args.nice)
-    cache = DataCache()
+    cache, failed = DataCache(), set()
     while True:
-        job, lock, pending = next_job()
+        job, lock, pending = next_job(frozenset(failed))
         if job is None:
-            if pending == 0:
-                log("queue empty: every job has its record")
+            if pending <= len(failed):
+                log(f"queue done: every job has its record, except failed ones {sorted(failed)}")
                 return
             log(f"{pending} jobs left, none ready (waiting for recipes or other workers)")
             time.sleep(args.poll)
@@ -218,6 +218,11 @@ def work(args) -> None:
         log(f"start {job.id} -> {job.path}")
         try:
             record = run_job(job, cache, args.threads)
+        except Exception:  # noqa: BLE001 (logged in full; this worker skips the job from now on)
+            log(f"FAILED {job.id} (skipped by this worker; its saved state is kept):\n"
+                f"{traceback.format_exc()}")
+            failed.add(job.id)
+            continue
         finally:
             lock.close()
         log(f"done {job.id}: best epoch {record['best_epoch']}, valid ndcg@10 "

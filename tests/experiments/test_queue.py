@@ -97,3 +97,28 @@ def test_pids_file_gets_one_line_per_worker_and_loses_it_when_the_worker_ends(tm
     queue._pids(str(path), add=333)
     queue._pids(str(path), remove=222)
     assert path.read_text() == "111\n333\n"
+
+
+def test_a_failing_job_is_logged_and_skipped_and_the_worker_goes_on(results_dir, monkeypatch,
+                                                                      capsys):
+    import argparse
+
+    ran = []
+
+    def fake_run(job, cache, threads):
+        ran.append(job.id)
+        if job.id.endswith("seed2020"):
+            raise RuntimeError("boom")
+        write_json(job.path, {"best_epoch": 1, "valid": {"ndcg@10": 0.05}, "train_s": 1.0})
+        return {"best_epoch": 1, "valid": {"ndcg@10": 0.05}, "train_s": 1.0}
+
+    monkeypatch.setattr(queue, "run_job", fake_run)
+    monkeypatch.setattr(queue, "rebuild_reports", lambda: [])
+    # only the three SASRec jobs exist in this queue
+    monkeypatch.setattr(queue, "all_jobs",
+                        lambda: [queue.grid_job("ml-100k", "sasrec", s) for s in queue.SEEDS])
+    queue.work(argparse.Namespace(nice=0, threads=1, poll=0.0, commit=False))
+    assert ran == ["ml-100k/sasrec/seed2020", "ml-100k/sasrec/seed2021", "ml-100k/sasrec/seed2022"]
+    out = capsys.readouterr().out
+    assert "FAILED ml-100k/sasrec/seed2020" in out and "RuntimeError: boom" in out
+    assert "except failed ones ['ml-100k/sasrec/seed2020']" in out

@@ -160,7 +160,7 @@ class DataCache:
         return self.data
 
 
-def run_job(job: Job, cache: DataCache, threads: int) -> dict:
+def run_job(job: Job, cache: DataCache, threads: int, device: str = "cpu") -> dict:
     spec = job.spec()
     source = _copy_source(job)
     if source is not None:
@@ -168,7 +168,7 @@ def run_job(job: Job, cache: DataCache, threads: int) -> dict:
         record = {**record, "label": spec.label, "copied_from": str(source)}
         write_json(job.path, record)
         return record
-    return execute(spec, cache.get(spec.dataset), job.path, run_threads=threads)
+    return execute(spec, cache.get(spec.dataset), job.path, run_threads=threads, device=device)
 
 
 def rebuild_reports() -> list[Path]:
@@ -217,7 +217,7 @@ def work(args) -> None:
             continue
         log(f"start {job.id} -> {job.path}")
         try:
-            record = run_job(job, cache, args.threads)
+            record = run_job(job, cache, args.threads, getattr(args, "device", "cpu"))
         except Exception:  # noqa: BLE001 (logged in full; this worker skips the job from now on)
             log(f"FAILED {job.id} (skipped by this worker; its saved state is kept):\n"
                 f"{traceback.format_exc()}")
@@ -237,7 +237,7 @@ def work(args) -> None:
 def supervise(args) -> None:
     """Start `--workers` worker processes, each in its own process group (so a benchmark can
     pause it: kill -STOP -PGID), record the groups in --pids-file, and wait for them."""
-    argv = [sys.executable, "-m", "model.experiments.queue", "--worker",
+    argv = [sys.executable, "-m", "model.experiments.queue", "--worker", "--device", args.device,
             "--threads", str(args.threads), "--nice", str(args.nice), "--poll", str(args.poll)]
     argv += ["--commit"] if args.commit else []
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}  # no idle thread pools either
@@ -290,6 +290,8 @@ def main(argv=None) -> None:
                              "worker processes, each its own process group")
     parser.add_argument("--worker", action="store_true", help="be one worker (internal)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                        help="where runs train (records stay comparable across devices)")
     parser.add_argument("--nice", type=int, default=0, help="niceness of the workers")
     parser.add_argument("--poll", type=float, default=120.0, help="seconds between checks")
     parser.add_argument("--commit", action="store_true",

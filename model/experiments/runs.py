@@ -128,12 +128,13 @@ def state_path(record_path: Path) -> Path:
 
 
 def execute(spec: RunSpec, data, record_path: Path, run_threads: int = 1,
-            progress: bool = False) -> dict:
-    """Train `spec` (resuming a saved state), write its record to record_path, return it."""
+            progress: bool = False, device: str = "cpu") -> dict:
+    """Train `spec` (resuming a saved state), write its record to record_path, return it.
+    run_threads, progress and device change how it runs, not what it computes."""
     dataset, split = data
     model_cfg, train_cfg = spec.configs(dataset.n_items)
     train_cfg = TrainConfig(**{**asdict(train_cfg), "num_threads": run_threads,
-                               "progress": progress, "device": "cpu"})
+                               "progress": progress, "device": device})
     scratch = state_path(record_path)
     started = datetime.now(timezone.utc)
     model, metrics = train(model_cfg, train_cfg, dataset, split, state_path=scratch)

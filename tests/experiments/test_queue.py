@@ -105,7 +105,7 @@ def test_a_failing_job_is_logged_and_skipped_and_the_worker_goes_on(results_dir,
 
     ran = []
 
-    def fake_run(job, cache, threads):
+    def fake_run(job, cache, threads, device="cpu"):
         ran.append(job.id)
         if job.id.endswith("seed2020"):
             raise RuntimeError("boom")

@@ -230,11 +230,14 @@ def _setup(model_cfg: ModelConfig, tc: TrainConfig, dataset):
     return model, step_module, device, rank, world_size
 
 
-def _validate(model, split, tc: TrainConfig, epoch, loss, best, history, start) -> bool:
-    """Rank 0 after each epoch: score validation, keep the best weights; True = stop now."""
+def _validate(model, split, tc: TrainConfig, epoch, loss, best, history, start,
+              start_cpu: float = 0.0) -> bool:
+    """Rank 0 after each epoch: score validation, keep the best weights; True = stop now.
+    History entries carry the wall and CPU seconds since the run began (both cumulative)."""
     valid = evaluate(model, split.valid, batch_size=tc.eval_batch_size).metrics
     elapsed = time.perf_counter() - start
     history.append({"epoch": epoch, "loss": loss, "valid": valid[tc.metric], "elapsed_s": elapsed,
+                    "cpu_s": time.process_time() - start_cpu,
                     "valid_metrics": {k: v for k, v in valid.items() if not k.startswith("masked")}})
     if valid[tc.metric] > best["score"]:
         best.update(score=valid[tc.metric], epoch=epoch, valid=valid, time=elapsed,
@@ -314,7 +317,8 @@ def train(model_cfg: ModelConfig, train_cfg, dataset, split,
         lr_at = None if tc.lr_schedule == "constant" else (  # noqa: E731 (epoch bound per loop)
             lambda f, e=epoch: tc.lr * lr_factor(tc.lr_schedule, (e - 1 + f) / tc.epochs))
         loss = train_epoch(step_module, optimizer, batches, epoch, device, show, average, lr_at)
-        stop = rank == 0 and _validate(scored, split, tc, epoch, loss, best, history, start)
+        stop = rank == 0 and _validate(scored, split, tc, epoch, loss, best, history, start,
+                                       start_cpu)
         # The budget is checked on rank 0 only and broadcast, like early stopping.
         stop = stop or (rank == 0 and tc.max_minutes > 0
                         and time.perf_counter() - start > 60 * tc.max_minutes)

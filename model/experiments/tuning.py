@@ -14,7 +14,7 @@ from datetime import date
 from pathlib import Path
 
 from .hardware import hardware
-from .recipes import (BASES, CRITERIA, N_CANDIDATES, POLICY, SASREC_CANDIDATES, TUNED,
+from .recipes import (BASES, CRITERIA, N_CANDIDATES, POLICY, ROUND_2, SASREC_CANDIDATES, TUNED,
                       TUNING_DATASET, TUNING_SEED, candidates, choose, criteria, round_winner)
 from .runs import read_record
 
@@ -72,8 +72,10 @@ def family_lines(s: dict) -> list[str]:
                      + f" | {s['wins'].get(r['id'], 0)} | {r['best_epoch']} | {r['epochs_run']}"
                      f" | {r['train_min']:.0f} ({r['cpu_min']:.0f}) |")
     if not any(r["round"] == 2 for r in s["rows"]):
-        lines.append(f"| round 2 (6 candidates) | defined by round 1's winner | "
-                     + " | ".join("" for _ in CRITERIA) + " | not run yet | | | |")
+        for change in ROUND_2[s["family"]]:
+            text = ", ".join(f"{k}={v}" for k, v in {**change.model, **change.train}.items())
+            lines.append(f"| r2-{change.name} | round 1's winner + {text} | "
+                         + " | ".join("" for _ in CRITERIA) + " | not run yet | | | |")
     lines.append("")
     if s["chosen"]:
         lines += [f"Chosen recipe: **{s['chosen']}**: model {s['recipe']['model']}, training "

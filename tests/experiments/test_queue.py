@@ -122,3 +122,18 @@ def test_a_failing_job_is_logged_and_skipped_and_the_worker_goes_on(results_dir,
     out = capsys.readouterr().out
     assert "FAILED ml-100k/sasrec/seed2020" in out and "RuntimeError: boom" in out
     assert "except failed ones ['ml-100k/sasrec/seed2020']" in out
+
+
+def test_tuning_report_shows_validation_numbers_only_and_counts_candidates(results_dir):
+    from model.experiments import tuning
+
+    first, _ = recipes.candidates("rearec-prl")
+    rec = record(0.0712, curve=[0.05, 0.0712, 0.07])
+    rec["test"] = {"ndcg@10": 0.0999}  # present in the record, never shown
+    write_json(first[0].path, rec)
+    out = results_dir / "tuning.md"
+    tuning.build_report(out)
+    text = out.read_text()
+    assert "| rearec-prl | 1 of 13 | not yet |" in text and "| plr | 0 of 13 | not yet |" in text
+    assert "| r1-base | (none) | 0.0712 |" in text and "0.0999" not in text
+    assert "| r2-T3 | round 1's winner + n_steps=3 |" in text

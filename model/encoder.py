@@ -5,9 +5,11 @@ Post-LN blocks as in RecBole/ReaRec: input `LN(E[item] + P[pos])`, then per bloc
 (oldest = 0) and are always passed in explicitly, never derived from padded columns, so the K/V of
 item i depend only on items <= i: appending an item adds one row per layer (plr-method.md s.5).
 
-`forward_layers(x, mask, past)` is the one primitive every path uses (prefill, append, reasoning
-steps, all-prefix training): `past` is a list of per-layer (K, V) that the new tokens attend to
-besides themselves; it is never modified.
+`forward_layers(x, mask, past)` is the one primitive of every inference path (prefill, append,
+reasoning steps): `past` is a list of per-layer (K, V) that the new tokens attend to besides
+themselves; it is never modified. Training adds cheaper forms of the same math that skip the
+positions without a loss (`encode_kept`, model/reasoning_kept.py) and pad the item table
+(`scores_padded`); tests/model/test_training_forms.py holds them equal to the plain forms.
 """
 
 from __future__ import annotations

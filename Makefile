@@ -43,13 +43,16 @@ models: install
 	# the background at first start and serves eagerly meanwhile.
 	$(PY) -m model.inference.compiled --models-dir $(MODELS_DIR)
 
+# Every training run the results need (tuning, grid, width x depth, ablations), resumable; the
+# reports are rebuilt after each run. Two workers: $(PY) -m model.experiments.queue --workers 2
 results: install
+	$(PY) -m model.experiments.queue
 	$(PY) -m model.experiments.results
 
-# Robustness and stream distances on the default checkpoints (seconds), then the width x depth
-# grid and the ablations (training runs, resumable) -> docs/analyses.md.
+# Robustness and stream distances on the default checkpoints (seconds) -> docs/analyses.md, with
+# the width x depth grid and the ablations as far as the queue (make results) has trained them.
 analyses: install
-	$(PY) -m model.experiments.analyses
+	$(PY) -m model.experiments.analyses --only robustness,streams
 
 bench: install
 	$(PY) -m model.experiments.inference_bench --checkpoint artifacts/models/sasrec

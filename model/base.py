@@ -59,5 +59,25 @@ class SequentialRecommender(nn.Module):
         raise NotImplementedError
 
     def logits(self, vectors: Tensor) -> Tensor:
-        """Training logits over real items: (N, D) -> (N, n_items + 1), padding column -inf."""
-        return self.score(vectors) / self.cfg.temperature
+        """Training logits: (N, D) -> (N, P) (P >= n_items + 1, see `train_scores`) / temperature."""
+        return self.tempered(self.train_scores(vectors))
+
+    def train_scores(self, vectors: Tensor) -> Tensor:
+        """Training scores over the padded item table (`Encoder.scores_padded`): (N, P), -inf at
+        the padding item 0 and at the columns past n_items, so a softmax or cross-entropy over
+        them equals one over the real items."""
+        scores = self.encoder.scores_padded(vectors)
+        scores[..., 0] = float("-inf")
+        scores[..., self.cfg.n_items + 1 :] = float("-inf")
+        return scores
+
+    def item_logits(self, vectors: Tensor) -> Tensor:
+        """Finite training logits over the real items only, (..., n_items) / temperature, for the
+        diversity terms (a -inf column would turn their p log p into NaN)."""
+        return self.tempered(self.encoder.scores_padded(vectors)[..., 1 : self.cfg.n_items + 1])
+
+    def tempered(self, logits: Tensor) -> Tensor:
+        """logits / temperature; at temperature 1 the logits themselves (a division by 1 is an
+        exact no-op, but a full pass over an (N, n_items) tensor and its gradient)."""
+        t = self.cfg.temperature
+        return logits if t == 1.0 else logits / t

@@ -53,7 +53,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 # Config options added after checkpoints were first published, with the value that means "as
 # before": hashed only when set to something else, so adding an option never changes the version
 # of (or invalidates) an existing checkpoint.
-NEUTRAL_NEW_OPTIONS = {"trigger_std": 0.0}
+NEUTRAL_NEW_OPTIONS = {"trigger_std": 0.0, "dual_process": True}
 
 
 def _versioned_config(config: ModelConfig) -> dict:

@@ -29,6 +29,9 @@ class ModelConfig:
     n_steps: int = 2  # T: latent reasoning steps
     n_streams: int = 2  # M: PLR parallel streams
     use_gate: bool = True  # PLR MoRS gate; False = plain mean over streams
+    # PLR dual-process scoring: inference scores h0 + z; False = z alone (the ablation; training
+    # scores z alone either way, plr-method.md s.3.6).
+    dual_process: bool = True
     # Std of PLR's trigger init; 0 = init_std. The step input h0 + tau_m + R[k] goes through the
     # input LayerNorm, so triggers far smaller than h0 (norm ~ sqrt(d)) start every stream at the
     # same point, where the GRR gradient that would push them apart vanishes.

@@ -5,9 +5,11 @@ Post-LN blocks as in RecBole/ReaRec: input `LN(E[item] + P[pos])`, then per bloc
 (oldest = 0) and are always passed in explicitly, never derived from padded columns, so the K/V of
 item i depend only on items <= i: appending an item adds one row per layer (plr-method.md s.5).
 
-`forward_layers(x, mask, past)` is the one primitive every path uses (prefill, append, reasoning
-steps, all-prefix training): `past` is a list of per-layer (K, V) that the new tokens attend to
-besides themselves; it is never modified.
+`forward_layers(x, mask, past)` is the one primitive of every inference path (prefill, append,
+reasoning steps): `past` is a list of per-layer (K, V) that the new tokens attend to besides
+themselves; it is never modified. Training adds cheaper forms of the same math that skip the
+positions without a loss (`encode_kept`, model/reasoning_kept.py) and pad the item table
+(`scores_padded`); tests/model/test_training_forms.py holds them equal to the plain forms.
 """
 
 from __future__ import annotations
@@ -46,17 +48,31 @@ class Block(nn.Module):
     def finish(self, x: Tensor, attn: Tensor) -> Tensor:
         """Residual + LN around attention output attn (B, H, S, Dh), then the FFN sublayer."""
         b, h, s, dh = attn.shape
-        attn = attn.transpose(1, 2).reshape(b, s, h * dh)
+        return self.finish_tokens(x, attn.transpose(1, 2).reshape(b, s, h * dh))
+
+    def finish_tokens(self, x: Tensor, attn: Tensor) -> Tensor:
+        """`finish` on token rows: x and the heads-merged attention output attn, both (..., D).
+        Any leading shape: training runs it on the gathered tokens that carry a loss only."""
         a = _norm(self.ln_attn, x + self._drop(_linear(self.out, attn)))
         ff = _linear(self.ff_out, self._drop(_gelu(_linear(self.ff_in, a))))
         return _norm(self.ln_ff, a + self._drop(ff))
 
     def _drop(self, x: Tensor) -> Tensor:
-        return self.drop(x) if self.training else x
+        return dropout(x, self.drop.p, self.training)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-        p = self.attn_dropout if self.training else 0.0
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        """Softmax attention; mask bool (True = may attend) or additive float, broadcastable to
+        (B, H, Q, K). Training with dropout takes the explicit form so the attention weights
+        use `dropout` below; SDPA's own dropout draws through the slow Bernoulli kernel."""
+        if not self.training or self.attn_dropout == 0.0:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask
+        weights = dropout(torch.softmax(scores, dim=-1), self.attn_dropout, True)
+        return weights @ v
 
 
 class Encoder(nn.Module):
@@ -79,8 +95,7 @@ class Encoder(nn.Module):
 
     def embed_vectors(self, x: Tensor) -> Tensor:
         """The input LN + dropout shared by item tokens and reasoning tokens (ReaRec's way)."""
-        x = _norm(self.ln_in, x)
-        return self.drop_in(x) if self.training else x
+        return dropout(_norm(self.ln_in, x), self.drop_in.p, self.training)
 
     # -- the primitive ----------------------------------------------------------------------
     def forward_layers(self, x: Tensor, mask: Tensor, past: KV | None = None) -> tuple[Tensor, KV]:
@@ -110,10 +125,41 @@ class Encoder(nn.Module):
         x = self.embed_items(item_ids, positions)
         return self.forward_layers(x, causal_mask(seq_lens, s))
 
+    def encode_kept(self, item_ids: Tensor, seq_lens: Tensor, keep: Tensor) -> Tensor:
+        """`encode(item_ids, seq_lens)[0][keep]`: (N, D) final states at the kept positions.
+
+        keep: bool (B, S). The last block's attention still runs over every position (its keys
+        are every item), but its output projection, FFN and LayerNorms run at the kept positions
+        only. Why: in training only positions with a target carry a loss, and at SASRec's stride
+        of 10 that is a fifth of a 50-item window.
+        """
+        b, s = item_ids.shape
+        positions = torch.arange(s, device=item_ids.device).expand(b, s)
+        x = self.embed_items(item_ids, positions)
+        mask = causal_mask(seq_lens, s)
+        for block in self.blocks[:-1]:
+            x = block.finish(x, block.attend(*block.project(x), mask))
+        last = self.blocks[-1]
+        attn = last.attend(*last.project(x), mask)  # (B, H, S, Dh)
+        merged = attn.transpose(1, 2).reshape(b, s, -1)[keep]  # (N, D)
+        return last.finish_tokens(x[keep], merged)
+
     def last_hidden(self, hidden: Tensor, seq_lens: Tensor) -> Tensor:
         """h0: the hidden state at each row's last real position. hidden (B, S, D) -> (B, D)."""
         idx = (seq_lens - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
         return hidden.gather(1, idx).squeeze(1)
+
+    def scores_padded(self, user_vectors: Tensor) -> Tensor:
+        """`scores` against the item table padded with zero rows to a multiple of 16: (..., P),
+        P >= n_items + 1; columns past n_items are 0 and are no items. Training only. Why: MKL
+        writes an (N, 1683)-wide product (ml-100k) ~2-3x slower than a 1696-wide one (rows that
+        are no multiple of the vector width), and training computes such logits several times a
+        step. The first n_items + 1 columns equal `scores`."""
+        table = self.item_emb.weight
+        pad = -table.shape[0] % 16
+        if pad:
+            table = torch.cat([table, table.new_zeros(pad, table.shape[1])])
+        return user_vectors @ table.T
 
     def scores(self, user_vectors: Tensor) -> Tensor:
         """Dot products with every item embedding (tied). (..., D) -> (..., n_items + 1)."""
@@ -143,6 +189,30 @@ def _gelu(x: Tensor) -> Tensor:
         return F.gelu(x)  # (compiling: one path for every shape, no size-dependent guard)
     y = torch.erf(x * 0.7071067811865476)
     return y.add_(1.0).mul_(x).mul_(0.5)
+
+
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Inverted dropout: zero each element with probability p, scale the rest by 1 / (1 - p).
+
+    On CPU the keep mask comes from 16-bit random lanes, four per 64-bit draw, against a
+    threshold: F.dropout's Bernoulli kernel costs ~8 ns an element here and was a third of a
+    SASRec training step, this ~1.5 ns. So p is rounded to a multiple of 1/65536 (0.2 ->
+    0.199997) and the scale uses the rounded p, keeping E[dropout(x)] = x exactly. Same
+    distribution as F.dropout, different random draws (a seeded run is reproducible, but not
+    the same run as with F.dropout). Other devices use F.dropout.
+    """
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, True)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    dropped = round(p * 65536)  # lanes below this threshold are dropped
+    n = x.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+    lanes = words.view(torch.int16)[:n].view(x.shape)  # uniform over [-32768, 32767]
+    keep = (lanes >= dropped - 32768).to(x.dtype)
+    return x * keep.mul_(65536 / (65536 - dropped))
 
 
 def causal_mask(seq_lens: Tensor, size: int) -> Tensor:

@@ -17,6 +17,7 @@ from .base import SequentialRecommender
 from .config import ModelConfig
 from .encoder import KV
 from .reasoning import diversity_loss, info_nce, reason, reason_all_prefixes, sample_prefixes
+from .reasoning_kept import reason_kept_prefixes, to_prefix_layout
 
 
 class PLR(SequentialRecommender):
@@ -54,16 +55,19 @@ class PLR(SequentialRecommender):
 
     def user_vectors(self, h0: Tensor, ctx_kv: KV, ctx_lens: Tensor, explain: bool = False,
                      n_ctx: int | None = None):
-        """h0 + z (B, D). With explain, also {"gate": (B, M), "stream_vectors": (B, M, D)} where
-        stream_vectors[:, m] = h0 + z_m (stream m scored alone, dual-process), so that
+        """h0 + z (B, D) (z alone when cfg.dual_process is False). With explain, also
+        {"gate": (B, M), "stream_vectors": (B, M, D)} where stream_vectors[:, m] = h0 + z_m
+        (stream m scored alone, dual-process), so that
         vectors == sum_m gate[:, m] * stream_vectors[:, m]."""
         states = reason(self.encoder, h0, ctx_kv, ctx_lens, self.triggers, self.reason_pos,
                         n_ctx=n_ctx)
         z, gate, z_streams = self.fuse(h0, states)
-        vectors = h0 + z
+        dual = self.cfg.dual_process  # False: the ablation that scores z alone
+        vectors = h0 + z if dual else z
         if not explain:
             return vectors
-        return vectors, {"gate": gate, "stream_vectors": h0.unsqueeze(1) + z_streams}
+        return vectors, {"gate": gate,
+                         "stream_vectors": h0.unsqueeze(1) + z_streams if dual else z_streams}
 
     # -- training ---------------------------------------------------------------------------------
     def prefix_states(self, item_ids: Tensor, seq_lens: Tensor) -> tuple[Tensor, Tensor]:
@@ -71,18 +75,28 @@ class PLR(SequentialRecommender):
         hidden, kv = self.encoder.encode(item_ids, seq_lens)
         return hidden, reason_all_prefixes(self.encoder, hidden, kv, self.triggers, self.reason_pos)
 
+    def kept_states(self, item_ids: Tensor, seq_lens: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+        """One dropout view at the kept prefixes (keep (B, S)): h0 (N, D), states (N, M, T, D);
+        equal to `prefix_states` indexed by keep, without the other prefixes' reasoning."""
+        hidden, kv = self.encoder.encode(item_ids, seq_lens)
+        states = reason_kept_prefixes(self.encoder, hidden, kv, self.triggers, self.reason_pos,
+                                      keep)
+        return hidden[keep], states
+
     def loss_terms(self, item_ids: Tensor, seq_lens: Tensor, targets: Tensor) -> dict[str, Tensor]:
         """Unweighted terms: "ce" on z; "grr" (= -mean KL) and "rcl" when their weights are > 0."""
         keep = targets > 0  # (B, S)
-        hidden, states = self.prefix_states(item_ids, seq_lens)
-        z, _, _ = self.fuse(hidden, states)
-        terms = {"ce": F.cross_entropy(self.logits(z[keep]), targets[keep])}
+        h0, states = self.kept_states(item_ids, seq_lens, keep)  # (N, D), (N, M, T, D)
+        z, _, _ = self.fuse(h0, states)
+        terms = {"ce": F.cross_entropy(self.logits(z), targets[keep])}
         if self.cfg.grr_weight > 0:
-            terms["grr"] = self.grr(states[sample_prefixes(keep, self.cfg.reg_prefixes)])
+            chosen = sample_prefixes(keep, self.cfg.reg_prefixes)[keep]  # (N,) of the kept
+            terms["grr"] = self.grr(states[chosen])
         if self.cfg.rcl_weight > 0:
             # The second view re-runs the encoder too: two full dropout views, as in the paper.
-            _, states_2 = self.prefix_states(item_ids, seq_lens)
-            terms["rcl"] = self.rcl(states, states_2, keep)
+            _, states_2 = self.kept_states(item_ids, seq_lens, keep)
+            terms["rcl"] = self.rcl(to_prefix_layout(states, keep),
+                                    to_prefix_layout(states_2, keep), keep)
         return terms
 
     def loss(self, item_ids: Tensor, seq_lens: Tensor, targets: Tensor) -> tuple[Tensor, dict]:
@@ -94,7 +108,7 @@ class PLR(SequentialRecommender):
     def grr(self, states: Tensor) -> Tensor:
         """GRR over the M*T states of each row: states (N, M, T, D) -> -mean pairwise KL."""
         n, m, t, d = states.shape
-        logits = self.encoder.scores(states.reshape(n, m * t, d))[..., 1:] / self.cfg.temperature
+        logits = self.item_logits(states.reshape(n, m * t, d))
         return diversity_loss(logits)
 
     def rcl(self, states: Tensor, states_2: Tensor, keep: Tensor) -> Tensor:

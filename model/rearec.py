@@ -17,6 +17,7 @@ from .base import SequentialRecommender
 from .config import ModelConfig
 from .encoder import KV
 from .reasoning import diversity_loss, info_nce, reason, reason_all_prefixes, sample_prefixes
+from .reasoning_kept import reason_kept_prefixes, to_prefix_layout
 
 
 class ReaRec(SequentialRecommender):
@@ -62,35 +63,43 @@ class ReaRec(SequentialRecommender):
         states = reason_all_prefixes(self.encoder, hidden, kv, offset, self.reason_pos, input_noise)
         return torch.cat([hidden.unsqueeze(2), states[:, :, 0]], dim=2)
 
+    def kept_steps(self, hidden: Tensor, kv: KV, keep: Tensor, input_noise: float = 0.0) -> Tensor:
+        """`prefix_steps(...)[keep]`, (N, T+1, D), reasoning only at the kept prefixes."""
+        states = reason_kept_prefixes(self.encoder, hidden, kv, self._offset(hidden),
+                                      self.reason_pos, keep, input_noise)
+        return torch.cat([hidden[keep].unsqueeze(1), states[:, 0]], dim=1)
+
     def loss_terms(self, item_ids: Tensor, seq_lens: Tensor, targets: Tensor) -> dict[str, Tensor]:
         """Unweighted terms. ERL: "ce", "kl" (= -mean KL). PRL: "ce" (h_T), "pl" (earlier steps),
         "cl". A term whose weight is 0 is not computed."""
         keep = targets > 0
         hidden, kv = self.encoder.encode(item_ids, seq_lens)
-        steps = self.prefix_steps(hidden, kv)  # (B, S, T+1, D)
+        steps = self.kept_steps(hidden, kv, keep)  # (N, T+1, D)
         if self.ensemble:
-            terms = {"ce": F.cross_entropy(self.logits(self.pool(steps[keep])), targets[keep])}
+            terms = {"ce": F.cross_entropy(self.logits(self.pool(steps)), targets[keep])}
             if self.cfg.kl_weight > 0:
-                chosen = steps[sample_prefixes(keep, self.cfg.reg_prefixes)]  # (N, T+1, D)
-                logits = self.encoder.scores(chosen)[..., 1:] / self.cfg.temperature
+                chosen = steps[sample_prefixes(keep, self.cfg.reg_prefixes)[keep]]  # (n, T+1, D)
+                logits = self.item_logits(chosen)
                 terms["kl"] = diversity_loss(logits)
             return terms
         return self._progressive_terms(hidden, kv, steps, keep, targets)
 
-    def _progressive_terms(self, hidden: Tensor, kv: KV, steps: Tensor, keep: Tensor,
+    def _progressive_terms(self, hidden: Tensor, kv: KV, kept: Tensor, keep: Tensor,
                            targets: Tensor) -> dict[str, Tensor]:
         n_steps, t, alpha = self.cfg.n_steps, self.cfg.temperature, self.cfg.temp_scale
-        kept, target = steps[keep], targets[keep]  # (N, T+1, D), (N,)
-        terms = {"ce": F.cross_entropy(self.score(kept[:, -1]) / t, target)}
+        target = targets[keep]  # kept: (N, T+1, D), target: (N,)
+        terms = {"ce": F.cross_entropy(self.train_scores(kept[:, -1]) / t, target)}
         if self.cfg.pl_weight > 0:
             # Earlier steps get softer targets: temperature t * alpha^(T-k) for k = 0..T-1.
             terms["pl"] = sum(
-                F.cross_entropy(self.score(kept[:, k]) / (t * alpha ** (n_steps - k)), target)
+                F.cross_entropy(self.train_scores(kept[:, k]) / (t * alpha ** (n_steps - k)),
+                                target)
                 for k in range(n_steps))
         if self.cfg.cl_weight > 0:
             # The noisy chain shares this pass's encoder output; only its reasoning inputs differ.
-            noisy = self.prefix_steps(hidden, kv, input_noise=self.cfg.noise_std)
-            terms["cl"] = info_nce(noisy[:, :, 1:], steps[:, :, 1:], keep, t)
+            noisy = self.kept_steps(hidden, kv, keep, input_noise=self.cfg.noise_std)
+            terms["cl"] = info_nce(to_prefix_layout(noisy[:, 1:], keep),
+                                   to_prefix_layout(kept[:, 1:], keep), keep, t)
         return terms
 
     def loss(self, item_ids: Tensor, seq_lens: Tensor, targets: Tensor) -> tuple[Tensor, dict]:

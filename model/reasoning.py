@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .encoder import KV, Block, Encoder
+from .encoder import KV, Block, Encoder, dropout
 
 
 def step_inputs(encoder: Encoder, h: Tensor, r_t: Tensor, input_noise: float) -> Tensor:
@@ -40,7 +40,7 @@ def _attend_chains(block: Block, q: Tensor, item_kv: tuple[Tensor, Tensor], item
     item_scores = item_scores.masked_fill(~item_mask, float("-inf"))
     own_scores = (q.unsqueeze(-2) * chain_kv[0]).sum(-1) * scale  # (B, H, Q, t)
     weights = torch.softmax(torch.cat([item_scores, own_scores], dim=-1), dim=-1)
-    weights = F.dropout(weights, block.attn_dropout, block.training)
+    weights = dropout(weights, block.attn_dropout, block.training)
     own = (weights[..., n_items:].unsqueeze(-1) * chain_kv[1]).sum(-2)  # (B, H, Q, Dh)
     return weights[..., :n_items] @ item_kv[1] + own
 
@@ -142,6 +142,7 @@ def reason_all_prefixes(encoder: Encoder, hidden: Tensor, item_kv: KV, offsets: 
     hidden (B, S, D) and item_kv from `Encoder.encode` of right-padded sequences. The chain of
     prefix i, stream m starts at hidden[:, i] + offsets[m] and sees items 0..i and its own earlier
     steps only. Returns (B, S, M, T, D); rows at padded positions are junk (finite).
+    The reference for `model.reasoning_kept.reason_kept_prefixes`, the form training uses.
     """
     b, s, d = hidden.shape
     n_streams = offsets.shape[0]

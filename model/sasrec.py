@@ -19,7 +19,7 @@ class SASRec(SequentialRecommender):
         return (h0, {}) if explain else h0
 
     def loss(self, item_ids: Tensor, seq_lens: Tensor, targets: Tensor) -> tuple[Tensor, dict]:
-        hidden, _ = self.encoder.encode(item_ids, seq_lens)
         keep = targets > 0
-        ce = F.cross_entropy(self.logits(hidden[keep]), targets[keep])
+        hidden = self.encoder.encode_kept(item_ids, seq_lens, keep)  # (N, D), positions with a target
+        ce = F.cross_entropy(self.logits(hidden), targets[keep])
         return ce, {"ce": ce.item()}

@@ -2,11 +2,11 @@
 
 `python -m model.experiments.analyses` writes docs/analyses.md, docs/analyses.json and PNGs under
 docs/analyses/. Robustness and stream distances only evaluate the given checkpoints (seconds, no
-training; runs/analyses/robustness.json and streams.json). Width x depth and the ablations train
-with `model.train.train` on the default PLR's recipe (read from its checkpoint's JSON files); each
-(variant, seed) saves runs/analyses/<dataset>/<key>/seed<S>.json when it ends, so an interrupted
-run resumes, and a saved run from another recipe is an error, never mixed in. `--report-only`
-rebuilds the report from the JSONs that exist and names every cell that is missing.
+training) and keep their results in docs/results/analyses/ (committed). Width x depth and the
+ablations are training runs around PLR's tuned recipe (model/experiments/recipes.py); the queue
+(model/experiments/queue.py) trains them and writes one record per (variant, seed) under
+docs/results/runs/ml-100k/ (plr-<variant>/, the recipe itself is the grid's plr/). This module
+only reads those records: `--report-only` rebuilds the report and names every missing cell.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import argparse
 import json
 import shlex
 import sys
-from dataclasses import asdict, fields
 from datetime import date
 from pathlib import Path
 
@@ -24,12 +23,12 @@ import torch
 from torch import Tensor
 
 from ..batches import eval_batch
-from ..checkpoint import MODEL_CONFIG, TRAIN_CONFIG, load
-from ..config import ModelConfig
+from ..checkpoint import MODEL_CONFIG, load
 from ..evaluate import evaluate
 from ..reasoning import reason
-from ..train import TrainConfig, load_data, train
+from ..train import load_data
 from .hardware import hardware
+from .runs import RESULTS_DIR, read_record, write_json
 
 ANALYSES = ("robustness", "streams", "width_depth", "ablations")
 DATASET, K_CORE = "ml-100k", 0  # the split the default checkpoints were trained on
@@ -38,12 +37,15 @@ DROP_FRACTION = 0.3  # plr-method.md s.3.11
 CORRUPTION_SEEDS = (0, 1, 2, 3, 4)  # several draws: one draw's luck should not be the result
 SEEDS = (2020, 2021, 2022)
 GRID_STREAMS, GRID_STEPS = (1, 2, 4), (1, 2, 3)
-ABLATIONS = {  # name -> model config changes against the full default PLR
+ABLATIONS = {  # name -> model config changes against the full (tuned) PLR
     "full PLR": {},
     "no gate (mean of streams)": {"use_gate": False},
     "no GRR": {"grr_weight": 0.0},
     "no RCL": {"rcl_weight": 0.0},
+    "no dual-process (score z alone)": {"dual_process": False},
 }
+EVALUATIONS_DIR = RESULTS_DIR / "analyses"  # robustness.json, streams.json (committed)
+RECORDS_DIR = RESULTS_DIR / "runs"  # <dataset>/<variant>/seed<S>.json, written by the queue
 TOP_K = 10
 
 
@@ -218,23 +220,10 @@ def streams(name: str, path: Path, data) -> dict:
             **stream_summary(ckpt.model, split.test)}
 
 
-# -- 3 and 4. training runs ------------------------------------------------------------------------
+# -- 3 and 4. training runs (trained by the queue, read here) ----------------------------------------
 def saved_config(checkpoint_dir: Path) -> dict:
     """A checkpoint's model config fields, read without loading its weights."""
     return json.loads((Path(checkpoint_dir) / MODEL_CONFIG).read_text())
-
-
-def base_recipe(checkpoint_dir: Path) -> tuple[dict, dict]:
-    """(model config fields without n_items, TrainConfig fields) the checkpoint was trained with.
-
-    Read from its JSON files alone (no weights); provenance keys that are not TrainConfig fields
-    (dataset, torch version, ...) are dropped.
-    """
-    model_fields = saved_config(checkpoint_dir)
-    model_fields.pop("n_items", None)
-    train_fields = json.loads((checkpoint_dir / TRAIN_CONFIG).read_text())
-    known = {f.name for f in fields(TrainConfig)}
-    return model_fields, {k: v for k, v in train_fields.items() if k in known}
 
 
 def width_depth_cells(base_model: dict) -> dict[str, dict]:
@@ -247,83 +236,41 @@ def ablation_cells(base_model: dict) -> dict[str, dict]:
     return {name: {**base_model, **change} for name, change in ABLATIONS.items()}
 
 
+def analysis_cells(base_model: dict) -> dict[str, dict]:
+    """Every width x depth cell and ablation (the names of both sections)."""
+    return {**width_depth_cells(base_model), **ablation_cells(base_model)}
+
+
 def run_key(model_fields: dict) -> str:
-    """Directory name of a variant; equal configs share it (full PLR == the grid's M=2, T=2)."""
+    """Short name of a variant; equal configs share it (full PLR == its grid cell)."""
     key = f"M{model_fields['n_streams']}-T{model_fields['n_steps']}"
     key += "" if model_fields.get("use_gate", True) else "-nogate"
     key += "" if model_fields.get("grr_weight", 0.1) > 0 else "-nogrr"
     key += "" if model_fields.get("rcl_weight", 1.0) > 0 else "-norcl"
+    key += "" if model_fields.get("dual_process", True) else "-nodual"
     return key
 
 
-def run_path(runs_dir: Path, dataset_name: str, model_fields: dict, seed: int) -> Path:
-    return runs_dir / dataset_name / run_key(model_fields) / f"seed{seed}.json"
+def variant_name(model_fields: dict) -> str:
+    """The record directory of a variant that is not the recipe itself: plr-<key>."""
+    return f"plr-{run_key(model_fields)}"
 
 
-def train_cell(model_fields: dict, train_fields: dict, seed: int, data,
-               max_epochs: int | None = None, progress: bool = False) -> dict:
-    """Train one variant with one seed; its metrics, per-user test ranks and stream distances."""
-    dataset, split = data
-    model_cfg = ModelConfig(**{**model_fields, "n_items": dataset.n_items})
-    overrides = {"seed": seed, "progress": progress}
-    if max_epochs:
-        overrides["epochs"] = max_epochs
-    train_cfg = TrainConfig(**{**train_fields, **overrides})
-    model, metrics = train(model_cfg, train_cfg, dataset, split)
-    return {
-        "key": run_key(model_fields), "seed": seed, "model_config": model_cfg.to_dict(),
-        "train_config": asdict(train_cfg), "valid": metrics["valid"], "test": metrics["test"],
-        "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epochs_run"],
-        "train_s": metrics["train_s"], "s_per_epoch": metrics["s_per_epoch"],
-        "test_ranks": metrics["test_ranks"],
-        "streams": stream_summary(model, split.test) if model_cfg.n_streams > 1 else None,
-    }
+def load_cells(cells: dict[str, dict], base_model: dict, records_dir: Path, dataset_name: str,
+               seeds) -> dict:
+    """Cell name -> {"key", "fields", "runs": the seeds' records that exist}. A cell equal to the
+    recipe reads the grid's PLR records."""
+    def runs(model_fields: dict) -> list[dict]:
+        variant = "plr" if model_fields == base_model else variant_name(model_fields)
+        found = [read_record(records_dir / dataset_name / variant / f"seed{s}.json")
+                 for s in seeds]
+        return [r for r in found if r is not None]
 
-
-def write_json(path: Path, data) -> None:
-    """Write via a temporary sibling and rename, so a reader never sees half a run."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(path)
+    return {name: {"key": run_key(f), "fields": f, "runs": runs(f)} for name, f in cells.items()}
 
 
 def read_json(path: Path):
     return json.loads(path.read_text()) if path.exists() else None
-
-
-# Training settings a run may differ in and still count for its cell: the seed, the epoch cap
-# (--max-epochs; the report shows each cell's cap) and how it ran, not what it learned.
-FREE_TRAIN_FIELDS = ("seed", "epochs", "progress", "num_threads", "device", "eval_batch_size")
-
-
-def existing_run(path: Path, model_fields: dict, train_fields: dict) -> dict | None:
-    """The run JSON at `path` (None if absent); ValueError if it was trained with another recipe,
-    so a changed base checkpoint never silently mixes with old runs."""
-    run = read_json(path)
-    if run is None:
-        return None
-    # Compare complete configs (dataclass defaults filled in), n_items aside: it is the data's.
-    wanted = ModelConfig(**{**model_fields, "n_items": 1}).to_dict()
-    differ = sorted(k for k, v in wanted.items()
-                    if k != "n_items" and run["model_config"].get(k) != v)
-    differ += sorted(k for k, v in asdict(TrainConfig(**train_fields)).items()
-                     if k not in FREE_TRAIN_FIELDS and run["train_config"].get(k) != v)
-    if differ:
-        raise ValueError(f"{path} was trained with another recipe (fields {differ}); "
-                         "move it away or use another --runs-dir")
-    return run
-
-
-def load_cells(cells: dict[str, dict], train_fields: dict, runs_dir: Path, dataset_name: str,
-               seeds) -> dict:
-    """Cell name -> {"key", "fields", "runs": the seeds' run JSONs that exist}."""
-    def runs(model_fields: dict) -> list[dict]:
-        found = [existing_run(run_path(runs_dir, dataset_name, model_fields, s), model_fields,
-                              train_fields) for s in seeds]
-        return [r for r in found if r is not None]
-
-    return {name: {"key": run_key(f), "fields": f, "runs": runs(f)} for name, f in cells.items()}
 
 
 # -- command line ----------------------------------------------------------------------------------
@@ -331,20 +278,6 @@ def provenance(args) -> dict:
     """When, how and where a result was produced: stored with every result and in the report."""
     return {"date": date.today().isoformat(), "command": args.command, "hardware": hardware(),
             "torch_threads": torch.get_num_threads()}
-
-
-def run_training(cells: dict[str, dict], base_train: dict, data, args) -> None:
-    """Train every missing (cell, seed), seed-major; each run's JSON is written when it ends."""
-    for seed in args.seeds:
-        for name, model_fields in cells.items():
-            path = run_path(args.runs_dir, DATASET, model_fields, seed)
-            if existing_run(path, model_fields, base_train):
-                continue
-            print(f"training {name} ({run_key(model_fields)}) seed {seed} -> {path}", flush=True)
-            result = train_cell(model_fields, base_train, seed, data, args.max_epochs,
-                                not args.no_progress)
-            write_json(path, {**result, "produced": provenance(args)})
-            write_report(args)
 
 
 def run_evaluations(args, data) -> None:
@@ -355,34 +288,54 @@ def run_evaluations(args, data) -> None:
         corrupted = corrupt_pairs(data[1].test, data[1].eval_users, args.drop_fraction,
                                   args.corruption_seeds[0])
         max_len = min(saved_config(p)["max_len"] for p in args.checkpoints.values())
-        write_json(args.runs_dir / "robustness.json", {
+        write_json(args.evaluations_dir / "robustness.json", {
             "models": results, "histories": history_stats(data[1].test, corrupted, max_len),
             "produced": provenance(args)})
     if "streams" in args.only:
         plr = {n: p for n, p in args.checkpoints.items() if saved_config(p)["kind"] == "plr"}
         results = {name: streams(name, path, data) for name, path in plr.items()}
-        write_json(args.runs_dir / "streams.json",
+        write_json(args.evaluations_dir / "streams.json",
                    {"models": results, "produced": provenance(args)})
 
 
+def plr_recipe() -> tuple[dict, dict] | None:
+    """PLR's tuned recipe (None until its tuning round is complete)."""
+    from .recipes import recipe
+
+    return recipe("plr")
+
+
 def collect(args) -> dict:
-    """Everything the report shows, read from runs-dir (missing pieces are None or empty)."""
-    base_model, base_train = base_recipe(args.base)
-    where = (base_train, args.runs_dir, DATASET, args.seeds)
+    """Everything the report shows, read from the committed results (missing pieces are None
+    or empty)."""
+    base = plr_recipe()
+    cells = {"width_depth": {}, "ablations": {}}
+    if base is not None:
+        where = (base[0], args.records_dir, DATASET, args.seeds)
+        cells = {"width_depth": load_cells(width_depth_cells(base[0]), *where),
+                 "ablations": load_cells(ablation_cells(base[0]), *where)}
+    base_text = ("PLR's tuned recipe (docs/tuning.md): model "
+                 + ", ".join(f"{k} {v}" for k, v in base[0].items() if k != "kind")
+                 + "; training " + ", ".join(f"{k} {v}" for k, v in base[1].items())
+                 if base else None)
     return {
-        "robustness": read_json(args.runs_dir / "robustness.json"),
-        "streams": read_json(args.runs_dir / "streams.json"),
-        "width_depth": load_cells(width_depth_cells(base_model), *where),
-        "ablations": load_cells(ablation_cells(base_model), *where),
-        "seeds": list(args.seeds), "base": str(args.base), "produced": provenance(args),
+        "robustness": read_json(args.evaluations_dir / "robustness.json"),
+        "streams": read_json(args.evaluations_dir / "streams.json"),
+        **cells, "seeds": list(args.seeds), "base": base_text, "produced": provenance(args),
         "grid": (GRID_STREAMS, GRID_STEPS),
     }
 
 
-def write_report(args) -> None:
+def write_report(args) -> list[Path]:
     from .analyses_report import render  # plotting pulls in matplotlib: only when writing
 
     render(collect(args), args.out)
+    return [args.out, args.out.with_suffix(".json"), args.out.with_suffix("")]
+
+
+def build_report() -> list[Path]:
+    """The report with default options, from the committed results (the queue calls this)."""
+    return write_report(parse_args(["--report-only"]))
 
 
 def parse_checkpoints(text: str) -> dict[str, Path]:
@@ -400,16 +353,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"comma-separated subset of {','.join(ANALYSES)}")
     parser.add_argument("--checkpoints", type=parse_checkpoints, default=dict(CHECKPOINTS),
                         help="name=dir,... evaluated by robustness (PLR ones also by streams)")
-    parser.add_argument("--base", type=Path, default=CHECKPOINTS["plr"],
-                        help="checkpoint whose model/train config the training runs start from")
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")],
                         default=list(SEEDS))
-    parser.add_argument("--max-epochs", type=int, help="epoch cap (default: the base recipe's)")
     parser.add_argument("--drop-fraction", type=float, default=DROP_FRACTION)
     parser.add_argument("--corruption-seeds", type=lambda s: [int(x) for x in s.split(",")],
                         default=list(CORRUPTION_SEEDS))
     parser.add_argument("--threads", type=int, default=1, help="torch threads for evaluation")
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs/analyses"))
+    parser.add_argument("--evaluations-dir", type=Path, default=EVALUATIONS_DIR,
+                        help="where robustness.json and streams.json are kept")
+    parser.add_argument("--records-dir", type=Path, default=RECORDS_DIR,
+                        help="run records of the training cells (<dataset>/<variant>/seed<S>.json)")
     parser.add_argument("--out", type=Path, default=Path("docs/analyses.md"))
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing; rebuild the report from the JSONs in --runs-dir")
@@ -425,18 +378,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)  # the training runs set their own (train_config)
-    if not args.report_only:
-        data = load_data(DATASET, k_core=K_CORE)
-        run_evaluations(args, data)
-        base_model, base_train = base_recipe(args.base)
-        cells = {}
-        if "width_depth" in args.only:
-            cells.update(width_depth_cells(base_model))
-        if "ablations" in args.only:
-            cells.update({n: f for n, f in ablation_cells(base_model).items()
-                          if run_key(f) not in {run_key(c) for c in cells.values()}})
-        run_training(cells, base_train, data, args)
+    torch.set_num_threads(args.threads)
+    if not args.report_only and {"robustness", "streams"} & set(args.only):
+        run_evaluations(args, load_data(DATASET, k_core=K_CORE))
+    if not args.report_only and {"width_depth", "ablations"} & set(args.only):
+        print("width x depth and ablations are trained by `python -m model.experiments.queue`; "
+              "this report shows the records that exist", file=sys.stderr)
     write_report(args)
     print(f"wrote {args.out}, {args.out.with_suffix('.json')} and {args.out.with_suffix('')}/*.png")
 

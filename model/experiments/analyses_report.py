@@ -14,6 +14,8 @@ import numpy as np
 
 from .results import paired_p, per_user
 
+WAITING = ("**Waiting for PLR's tuned recipe** (docs/tuning.md): every cell changes one thing "
+           "against it; the queue trains them once it is chosen.")
 CELL_METRICS = ("ndcg@10", "recall@10", "recall@20")
 STREAM_COLUMNS = (("cosine", "cosine distance"), ("l2", "L2 distance"), ("kl", "KL"),
                   ("topk_identical", "identical top-10"), ("topk_overlap", "top-10 overlap"))
@@ -272,12 +274,15 @@ def cell_value(row: dict, metric: str) -> str:
 def width_depth_lines(rows: dict[str, dict], grid: tuple[tuple, tuple]) -> list[str]:
     streams, steps = grid
     lines = ["## 3. Width x depth: M streams x T steps", ""]
+    if not rows:
+        return lines + [WAITING, ""]
     done = [r for r in rows.values() if r["n"]]
     if not done:
-        return lines + [f"**Not run**: none of the {len(rows)} cells has a run. (`--only "
-                        "width_depth`; trains every cell with the default PLR's recipe)", ""]
+        return lines + [f"**Not run**: none of the {len(rows)} cells has a run (the queue, "
+                        "`python -m model.experiments.queue`, trains them once PLR's recipe is "
+                        "chosen).", ""]
     lines += ["Test and validation NDCG@10 at the best validation epoch (mean +- std over seeds); "
-              "every cell trains with the default PLR's recipe except M and T.", "",
+              "every cell trains with PLR's tuned recipe except M and T.", "",
               "Test NDCG@10:", "", "| | " + " | ".join(f"T={t}" for t in steps) + " |",
               "|---" * (len(steps) + 1) + "|"]
     for m in streams:
@@ -315,12 +320,15 @@ def ablation_comparisons(cells: dict, full: str) -> dict[str, dict]:
 
 
 def ablation_lines(rows: dict[str, dict], comparisons: dict[str, dict]) -> list[str]:
-    lines = ["## 4. Ablations (M=2, T=2)", ""]
+    lines = ["## 4. Ablations", ""]
+    if not rows:
+        return lines + [WAITING, ""]
     if not any(r["n"] for r in rows.values()):
-        return lines + [f"**Not run**: none of the {len(rows)} variants has a run. (`--only "
-                        "ablations`)", ""]
-    lines += ["Each variant changes one thing against the full default PLR: no gate = plain mean "
-              "of the streams (use_gate false), no GRR = grr_weight 0, no RCL = rcl_weight 0. "
+        return lines + [f"**Not run**: none of the {len(rows)} variants has a run (trained by "
+                        "the queue once PLR's recipe is chosen).", ""]
+    lines += ["Each variant changes one thing against the full tuned PLR: no gate = plain mean "
+              "of the streams (use_gate false), no GRR = grr_weight 0, no RCL = rcl_weight 0, "
+              "no dual-process = inference scores z alone instead of h0 + z (dual_process false). "
               "Change and paired p (per-user test NDCG@10 averaged over seeds) are against full "
               "PLR; the paper's ablation metric is Recall@20.", "",
               "| variant | seeds | test NDCG@10 | test Recall@10 | test Recall@20 | valid NDCG@10 "
@@ -339,6 +347,8 @@ def ablation_lines(rows: dict[str, dict], comparisons: dict[str, dict]) -> list[
 # -- the whole report ------------------------------------------------------------------------------
 def status_lines(summary: dict) -> list[str]:
     def cells_state(rows):
+        if not rows:
+            return "waiting for PLR's tuned recipe (docs/tuning.md)"
         full = sum(r["n"] >= r["asked"] for r in rows.values())
         partial = sum(0 < r["n"] < r["asked"] for r in rows.values())
         return (f"{full} of {len(rows)} cells complete, {partial} partial, "
@@ -376,8 +386,11 @@ def report_lines(summary: dict, grid) -> list[str]:
         "Each section states when and by which command its numbers were produced. Data: "
         "MovieLens-100K, all interactions (k-core 0), per-user stable time order, leave-one-out; "
         "full ranking over all items, history unmasked (plr-method.md s.4). Training runs (3, 4) "
-        f"use the recipe of `{summary['base']}` (its model_config.json and train_config.json), "
-        f"seeds {seeds}.", "",
+        "change one thing each against "
+        + (f"{summary['base']}" if summary["base"] else "PLR's tuned recipe, which does not exist "
+           "yet (its tuning round is still running)")
+        + f"; seeds {seeds}; trained by `python -m model.experiments.queue`, one record per "
+        "(variant, seed) under docs/results/runs/ml-100k/.", "",
         *status_lines(summary),
         *robustness_lines(summary["robustness"]),
         *streams_lines(summary["streams"], summary["trained_streams"]),

@@ -1,91 +1,34 @@
-"""Train and evaluate every model kind on every real dataset with several seeds; write the report.
+"""The results report: PLR against SASRec and ReaRec on real data, built from run records alone.
 
-`python -m model.experiments.results` writes docs/results.md and docs/results.json. Each
-(dataset, model, seed) run saves runs/results/<dataset>/<model>/seed<seed>.json when it ends, so
-an interrupted run resumes where it stopped; `--report-only` rebuilds the report from what exists.
-Every model gets the same budget: the shared defaults below, no per-model tuning (the "grid" is
-one point for each kind), the same early stopping, the same seeds.
+`python -m model.experiments.results` rebuilds docs/results.md, docs/results.json and the plots
+in docs/results/plots/ from the committed records docs/results/runs/<dataset>/<model>/seed<S>.json
+(written by the queue, `python -m model.experiments.queue`, which trains what is missing). Every
+number is computed here from those records; nothing is trained. Paired tests pair users by
+position, so every record of a dataset must come from the same split (checked by digest).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
-from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ..config import ModelConfig
-from ..evaluate import evaluate, metric_values
-from ..train import TrainConfig, load_data, train
-from .hardware import cpu_model
-
-DATASETS = {  # name -> k-core used (stated in the report)
-    "ml-100k": 0,
-    "ml-latest-small": 5,
-    "instacart": 5,
-}
-# Training recipes, each chosen on ml-100k seed-2020 validation data, never on test:
-# - SASRec: dropout 0.5, 10 targets per training window, at least 40 epochs
-#   (docs/sasrec-reference.md; 10 candidates tried).
-# - the reasoning models: the protocol defaults (dropout 0.2, whole windows). SASRec's recipe
-#   stalls PLR (validation NDCG@10 0.017 after 4 epochs of 200 s, against 0.031 after 4 epochs with
-#   the defaults), so it is not shared. PLR's RCL weight is 0.1, not the paper's 1.0: at 1.0 the
-#   InfoNCE on raw dot products swamps the ranking loss (0.026 after 11 epochs vs 0.059 at 0.1).
-# SASRec thus gets the most tuned recipe of all: a conservative baseline for the PLR claim.
-RECIPES = {
-    "sasrec": (dict(dropout=0.5), dict(stride=10, min_epochs=40)),
-    "reasoning": (dict(dropout=0.2), dict(stride=0, min_epochs=0)),
-}
-MODELS = {
-    "sasrec": dict(kind="sasrec"),
-    "rearec-erl": dict(kind="rearec-erl", n_steps=2),
-    "rearec-prl": dict(kind="rearec-prl", n_steps=2),
-    "plr": dict(kind="plr", n_streams=2, n_steps=2, rcl_weight=0.1),
-}
-
-
-def recipe_for(model_name: str) -> tuple[dict, dict]:
-    """(model config fields, train config fields) of a model's recipe."""
-    return RECIPES["sasrec" if model_name == "sasrec" else "reasoning"]
-
+from ..evaluate import metric_values
+from .hardware import hardware
+from .recipes import FAMILIES, N_CANDIDATES, recipe
+from .runs import DATASETS, RESULTS_DIR, read_record
 
 SEEDS = (2020, 2021, 2022)
 METRICS = ("ndcg@10", "recall@10", "ndcg@20", "recall@20")
-
-
-def run_one(dataset_name: str, model_name: str, seed: int, data, args) -> dict:
-    """Train one model; return its metrics, per-user test ranks and costs (JSON-ready)."""
-    dataset, split = data
-    model_extra, train_extra = recipe_for(model_name)
-    model_cfg = ModelConfig(**{**model_extra, **MODELS[model_name]}, n_items=dataset.n_items,
-                            max_len=args.max_len)
-    train_cfg = TrainConfig(seed=seed, epochs=args.max_epochs, patience=args.patience,
-                            max_minutes=args.max_minutes, num_threads=args.num_threads,
-                            progress=not args.no_progress, **train_extra)
-    model, metrics = train(model_cfg, train_cfg, dataset, split)
-    start = time.perf_counter()
-    result = evaluate(model, split.test)
-    infer_ms = 1000 * (time.perf_counter() - start) / len(split.test)
-    return {
-        "dataset": dataset_name, "model": model_name, "seed": seed,
-        "model_config": model_cfg.to_dict(), "train_config": asdict(train_cfg),
-        "valid": metrics["valid"], "test": result.metrics,
-        "test_ranks": result.ranks.tolist(), "masked_test_ranks": result.masked_ranks.tolist(),
-        "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epochs_run"],
-        "train_s": metrics["train_s"], "time_to_best_s": metrics["time_to_best_s"],
-        "infer_ms_per_user": infer_ms,
-        "params": sum(p.numel() for p in model.parameters()),
-    }
+RECBOLE_MIN_TO_BEST = 36.0  # RecBole 1.2.1 SASRec on ml-100k, one core (docs/sasrec-reference.md)
+OUT = Path("docs/results.md")
 
 
 def paired_p(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-sided paired t-test p-value across users (scipy when available)."""
+    """Two-sided paired t-test p-value across users."""
     from scipy.stats import ttest_rel
 
     if np.allclose(a, b):
@@ -99,7 +42,18 @@ def per_user(runs: list[dict], metric: str) -> np.ndarray:
     return np.mean([metric_values(np.asarray(r["test_ranks"]), kind, int(k)) for r in runs], axis=0)
 
 
+def load_runs(records_dir: Path, dataset: str, seeds=SEEDS) -> dict[str, list[dict]]:
+    """model -> its records on `dataset` (seeds that exist); ValueError on mixed splits."""
+    runs = {m: [r for s in seeds if (r := read_record(records_dir / dataset / m / f"seed{s}.json"))]
+            for m in FAMILIES}
+    digests = {r["split_digest"] for rs in runs.values() for r in rs}
+    if len(digests) > 1:
+        raise ValueError(f"{dataset}: records from different splits {sorted(digests)}")
+    return runs
+
+
 def summarize_dataset(runs_by_model: dict[str, list[dict]]) -> list[dict]:
+    """One row per model with runs: means +- std over seeds, changes and paired p-values."""
     rows = []
     base = runs_by_model.get("sasrec")
     rearec = {m: r for m, r in runs_by_model.items() if m.startswith("rearec") and r}
@@ -109,7 +63,7 @@ def summarize_dataset(runs_by_model: dict[str, list[dict]]) -> list[dict]:
         if not runs:
             continue
         row = {"model": name, "seeds": [r["seed"] for r in runs]}
-        for m in METRICS:
+        for m in (*METRICS, "masked_ndcg@10"):
             vals = np.array([r["test"][m] for r in runs])
             row[m] = (float(vals.mean()), float(vals.std()))
         if base and name != "sasrec":
@@ -121,130 +75,212 @@ def summarize_dataset(runs_by_model: dict[str, list[dict]]) -> list[dict]:
             row["best_rearec"] = best_rearec
             row["p_vs_rearec"] = paired_p(per_user(runs, "ndcg@10"),
                                           per_user(rearec[best_rearec], "ndcg@10"))
-        for key in ("train_s", "time_to_best_s", "infer_ms_per_user", "params", "best_epoch"):
+        for key in ("train_s", "cpu_s", "time_to_best_s", "params", "best_epoch", "s_per_epoch"):
             row[key] = float(np.mean([r[key] for r in runs]))
         rows.append(row)
     return rows
 
 
+# -- where PLR helps ---------------------------------------------------------------------------------
+def quartile_buckets(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Bucket index per user by the quartiles of `values` (ties may make buckets uneven), and
+    one label per bucket ("lo-hi")."""
+    edges = np.unique(np.quantile(values, [0.25, 0.5, 0.75]))
+    index = np.searchsorted(edges, values, side="left")  # value <= edge -> that bucket
+    labels = []
+    for b in range(len(edges) + 1):
+        members = values[index == b]
+        labels.append(f"{members.min()}-{members.max()}" if len(members) else "empty")
+    return index, labels
+
+
+def bucket_table(runs_by_model: dict[str, list[dict]], index: np.ndarray,
+                 labels: list[str]) -> list[dict]:
+    """Per bucket: user count, each model's test NDCG@10 (per-user, mean over seeds, then over
+    the bucket's users), PLR's change against SASRec and its paired p within the bucket."""
+    per_model = {m: per_user(r, "ndcg@10") for m, r in runs_by_model.items() if r}
+    rows = []
+    for b, label in enumerate(labels):
+        members = index == b
+        row = {"bucket": label, "users": int(members.sum()),
+               "ndcg@10": {m: float(v[members].mean()) for m, v in per_model.items()}}
+        if {"plr", "sasrec"} <= set(per_model) and members.sum() > 1:
+            plr, sasrec = per_model["plr"][members], per_model["sasrec"][members]
+            row["plr_vs_sasrec"] = float(plr.mean() / sasrec.mean() - 1) if sasrec.mean() else None
+            row["p_plr_vs_sasrec"] = paired_p(plr, sasrec)
+        rows.append(row)
+    return rows
+
+
+def where_plr_helps(runs_by_model: dict[str, list[dict]], facts: dict | None) -> dict | None:
+    if facts is None or not any(runs_by_model.values()):
+        return None
+    out = {}
+    for key, label in (("history_len", "history length (items before the test target)"),
+                       ("target_train_count", "test target's training interactions")):
+        index, labels = quartile_buckets(np.asarray(facts[key]))
+        out[key] = {"label": label, "rows": bucket_table(runs_by_model, index, labels)}
+    return out
+
+
+# -- the report ----------------------------------------------------------------------------------------
 def fmt_row(row: dict) -> str:
-    cells = [f"**{row['model']}**" if row["model"] == "plr" else row["model"], str(len(row["seeds"]))]
-    cells += [f"{row[m][0]:.4f} +- {row[m][1]:.4f}" for m in METRICS]
+    cells = [f"**{row['model']}**" if row["model"] == "plr" else row["model"],
+             str(len(row["seeds"]))]
+    cells += [f"{row[m][0]:.4f} +- {row[m][1]:.4f}" for m in (*METRICS, "masked_ndcg@10")]
     cells += [f"{100 * row[k]:+.1f} %" if k in row else "" for k in ("rel_ndcg@10", "rel_recall@10")]
     cells.append(f"{row['p_vs_sasrec']:.3g}" if "p_vs_sasrec" in row else "")
     cells.append(f"{row['p_vs_rearec']:.3g} ({row['best_rearec']})" if "p_vs_rearec" in row else "")
-    cells += [f"{row['train_s'] / 60:.1f}", f"{row['time_to_best_s'] / 60:.1f}",
-              f"{row['infer_ms_per_user']:.2f}", f"{int(row['params']):,}"]
+    cells += [f"{row['best_epoch']:.0f}", f"{row['time_to_best_s'] / 60:.1f}",
+              f"{row['train_s'] / 60:.1f}", f"{row['s_per_epoch']:.0f}", f"{int(row['params']):,}"]
     return "| " + " | ".join(cells) + " |"
 
 
-HEADER = ("| model | seeds | NDCG@10 | Recall@10 | NDCG@20 | Recall@20 | rel. NDCG@10 vs SASRec "
-          "| rel. Recall@10 vs SASRec | p (NDCG@10) vs SASRec | p (NDCG@10) vs best ReaRec "
-          "| train min | min to best | infer ms/user | params |\n" + "|---" * 14 + "|")
+HEADER = ("| model | seeds | NDCG@10 | Recall@10 | NDCG@20 | Recall@20 | masked NDCG@10 "
+          "| NDCG@10 vs SASRec | Recall@10 vs SASRec | p (NDCG@10) vs SASRec "
+          "| p (NDCG@10) vs best ReaRec | best epoch | min to best | train min | s/epoch "
+          "| params |\n" + "|---" * 16 + "|")
 
 
-def recipe_text() -> str:
-    """Every model's settings as the report states them, read from RECIPES and MODELS."""
-    parts = []
-    for name, model in MODELS.items():
-        model_extra, train_extra = recipe_for(name)
-        settings = {**model_extra, **{k: v for k, v in model.items() if k != "kind"},
-                    **{k: v for k, v in train_extra.items() if v}}
-        parts.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in settings.items()))
-    return "; ".join(parts)
+def recipe_lines() -> list[str]:
+    lines = []
+    for family in FAMILIES:
+        found = recipe(family)
+        if found is None:
+            lines.append(f"- {family}: **not chosen yet** (tuning round running, "
+                         f"{N_CANDIDATES} candidates, docs/tuning.md); its grid runs wait")
+            continue
+        model, train = found
+        lines.append(f"- {family}: " + ", ".join(f"{k} {v}" for k, v in model.items()
+                                                 if k != "kind")
+                     + "; " + ", ".join(f"{k} {v}" for k, v in train.items()))
+    return lines
 
 
-def write_report(summary: dict, args, out_md: Path) -> None:
+def verdict(rows: list[dict]) -> list[str]:
+    plr = next((r for r in rows if r["model"] == "plr"), None)
+    if not plr or "rel_ndcg@10" not in plr:
+        return []
+    beats = plr["rel_ndcg@10"] > 0 and plr["rel_recall@10"] > 0
+    significant = plr["p_vs_sasrec"] < 0.05
+    return [f"PLR {'beats' if beats else 'does NOT beat'} SASRec here on test NDCG@10 and "
+            f"Recall@10 ({100 * plr['rel_ndcg@10']:+.1f} %, {100 * plr['rel_recall@10']:+.1f} %; "
+            f"paired p {plr['p_vs_sasrec']:.3g}, {'' if significant else 'not '}significant at "
+            f"0.05; goal +10 %, p < 0.05; {len(plr['seeds'])} PLR seeds).", ""]
+
+
+def bucket_lines(name: str, helps: dict | None) -> list[str]:
+    if not helps:
+        return []
+    lines = [f"### Where PLR helps on {name}", "",
+             "Test NDCG@10 per bucket (per-user NDCG@10 averaged over each model's seeds, then "
+             "over the bucket's users); buckets are the quartiles of the test users' values "
+             "(ties can make them uneven: see the counts). PLR vs SASRec: relative change and "
+             "paired p within the bucket.", ""]
+    for key, part in helps.items():
+        models = list(part["rows"][0]["ndcg@10"])
+        lines += [f"By {part['label']}:", "",
+                  "| bucket | users | " + " | ".join(models) + " | PLR vs SASRec | p |",
+                  "|---" * (len(models) + 4) + "|"]
+        for r in part["rows"]:
+            change, p = r.get("plr_vs_sasrec"), r.get("p_plr_vs_sasrec")
+            lines.append(f"| {r['bucket']} | {r['users']} | "
+                         + " | ".join(f"{r['ndcg@10'][m]:.4f}" for m in models)
+                         + f" | {'' if change is None else f'{100 * change:+.1f} %'}"
+                         f" | {'' if p is None else f'{p:.3g}'} |")
+        lines.append("")
+    return lines + [f"![buckets](results/plots/buckets-{name}.png)", ""]
+
+
+def cpu_to_best_s(record: dict) -> float | None:
+    """CPU seconds from the start of a run to the end of its best epoch (None for records
+    written before the history kept CPU time)."""
+    entry = next((e for e in record.get("history", []) if e["epoch"] == record["best_epoch"]), {})
+    return entry.get("cpu_s")
+
+
+def timing_lines(summary: dict, records_dir: Path) -> list[str]:
+    rows = {r["model"]: r for r in summary.get("ml-100k", {}).get("rows", [])}
+    if "sasrec" not in rows:
+        return []
+    wall = rows["sasrec"]["time_to_best_s"] / 60
+    runs = load_runs(records_dir, "ml-100k")["sasrec"]
+    cpu = [c for r in runs if (c := cpu_to_best_s(r)) is not None]
+    cpu_text = (f"; its CPU time to the best epoch, which pauses and other jobs do not inflate: "
+                f"{np.mean(cpu) / 60:.1f} min ({len(cpu)} seeds) = "
+                f"{np.mean(cpu) / 60 / RECBOLE_MIN_TO_BEST:.2f} of RecBole's" if cpu else "")
+    return [f"SASRec's wall time to its best validation epoch on ml-100k: {wall:.1f} min (mean of "
+            f"{len(rows['sasrec']['seeds'])} seeds, one torch thread, on the shared 2-core "
+            f"machine at nice 19, including the minutes its jobs were paused for benchmarks) = "
+            f"{wall / RECBOLE_MIN_TO_BEST:.2f} of RecBole 1.2.1's ~{RECBOLE_MIN_TO_BEST:.0f} min "
+            f"(goal <= 0.25){cpu_text}. Quiet-machine epoch times: docs/training-speed.md.", ""]
+
+
+def render(summary: dict, seeds, records_dir: Path = RESULTS_DIR / "runs") -> str:
+    hw = hardware()
     lines = [
         "# Results: PLR against SASRec and ReaRec on real data", "",
-        f"Written by `python -m model.experiments.results {' '.join(args.argv)}` on "
-        f"{date.today().isoformat()}. Hardware: {cpu_model()}, "
-        f"{torch.get_num_threads()} torch threads, CPU only; torch {torch.__version__}.", "",
-        "Protocol (plr-method.md s.4): per-user stable time order, leave-one-out, full ranking over "
-        "all items, history unmasked, test at the best validation NDCG@10 epoch (patience "
-        f"{args.patience}, at most {args.max_epochs} epochs"
-        + (f", at most {args.max_minutes:g} min per run" if getattr(args, "max_minutes", 0) else "")
-        + f"), max_len {args.max_len}, d 64, 2 layers, 2 heads, Adam 1e-3, batch 256. Mean +- std "
-        "over seeds; relative change of the means; p: two-sided paired t-test across test users "
-        "of per-user NDCG@10 averaged over seeds.", "",
-        "Recipes (the same for every dataset and seed; each chosen on ml-100k seed-2020 "
-        "validation data, never on test; no per-dataset search): " + recipe_text() + "; every other "
-        "option at its ModelConfig default (plr-method.md: GRR weight 0.1, ERL KL weight 0.05, PRL "
-        "alpha 5, noise 0.01, CL weight 1). SASRec's "
-        "recipe is the most tuned (docs/sasrec-reference.md): a conservative baseline for PLR.", "",
+        f"Written by `python -m model.experiments.results` on {date.today().isoformat()} from the "
+        "run records in docs/results/runs/ (trained by `python -m model.experiments.queue`, "
+        f"one torch thread per run; {hw['cpu']}, {hw['cores']} cores shared with other jobs; "
+        f"torch {hw['torch']}; each record states its own hardware, date and code commit).", "",
+        "Protocol (plr-method.md s.4): per-user stable time order, leave-one-out, full ranking "
+        "over all items, history unmasked (masked NDCG@10 beside it), test at the best "
+        "validation NDCG@10 epoch; every family trains at least 40 epochs, patience 10, at most "
+        "200; max_len 50, d 64, 2 layers, 2 heads, Adam, batch 256 unless its recipe says "
+        "otherwise. Mean +- std over seeds; relative change of the means; p: two-sided paired "
+        "t-test across test users of per-user NDCG@10 averaged over seeds.", "",
+        f"Recipes (each chosen on ml-100k seed-2020 validation with the same rule and the same "
+        f"number of candidates, docs/tuning.md; the same on every dataset and seed):", "",
+        *recipe_lines(), "",
     ]
-    total_s = sum(r["train_s"] * len(r["seeds"]) for rows in summary.values() for r in rows)
-    if total_s:
-        lines += [f"Training wall time of every run in this report, summed: {total_s / 3600:.1f} h "
-                  "(each run's own training time; runs started in parallel processes overlap in wall-clock "
-                  "time).", ""]
-    for name, rows in summary.items():
-        lines += [f"## {name} (k-core {DATASETS[name]})", "", HEADER]
-        lines += [fmt_row(r) for r in rows] + [""]
-        plr = next((r for r in rows if r["model"] == "plr"), None)
-        if plr and "rel_ndcg@10" in plr:
-            verdict = ("beats" if plr["rel_ndcg@10"] > 0 and plr["rel_recall@10"] > 0
-                       else "does NOT beat")
-            lines += [f"PLR {verdict} SASRec here on test NDCG@10 and Recall@10 "
-                      f"({100 * plr['rel_ndcg@10']:+.1f} %, {100 * plr['rel_recall@10']:+.1f} %; "
-                      f"goal +10 %).", ""]
-    missing = [f"{d}/{m}" for d in args.datasets for m in args.models
-               if not any(r["model"] == m and len(r["seeds"]) == len(args.seeds)
-                          for r in summary.get(d, []))]
+    total_h = sum(r["train_s"] * len(r["seeds"]) for d in summary.values()
+                  for r in d["rows"]) / 3600
+    lines += [f"Training wall time of the runs in this report, summed: {total_h:.1f} h.", ""]
+    lines += timing_lines(summary, records_dir)
+    for name, data in summary.items():
+        lines += [f"## {name} (k-core {DATASETS[name]})", ""]
+        if not data["rows"]:
+            lines += ["No run yet.", ""]
+            continue
+        lines += [HEADER, *map(fmt_row, data["rows"]), "", *verdict(data["rows"])]
+        lines += bucket_lines(name, data["buckets"])
+    missing = [f"{d}/{m}" for d, data in summary.items() for m in data["missing"]]
     if missing:
-        lines += ["## Not finished", "", "Runs with fewer seeds than asked (rerun the command to "
-                  "resume): " + ", ".join(missing), ""]
-    out_md.write_text("\n".join(lines))
+        lines += ["## Not finished", "", f"Runs with fewer than {len(seeds)} seeds (the queue "
+                  "resumes them): " + ", ".join(missing), ""]
+    lines += ["![grid](results/plots/grid.png)", ""]
+    return "\n".join(lines)
 
 
-def write_all(args) -> None:
-    """Rebuild docs/results.md and .json from every saved run."""
+def build_report(out: Path = OUT, records_dir: Path = RESULTS_DIR / "runs",
+                 seeds=SEEDS) -> list[Path]:
+    """Rebuild docs/results.md, .json and the plots from the records; returns the paths."""
+    from .results_plots import write_plots
+
     summary = {}
-    for ds in args.datasets:
-        runs_by_model = {}
-        for model_name in args.models:
-            paths = [args.runs_dir / ds / model_name / f"seed{s}.json" for s in args.seeds]
-            runs_by_model[model_name] = [json.loads(p.read_text()) for p in paths if p.exists()]
-        summary[ds] = summarize_dataset(runs_by_model)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_report(summary, args, args.out)
-    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    for name in DATASETS:
+        runs = load_runs(records_dir, name, seeds)
+        facts_path = records_dir / name / "split.json"
+        facts = json.loads(facts_path.read_text()) if facts_path.exists() else None
+        summary[name] = {"rows": summarize_dataset(runs),
+                         "buckets": where_plr_helps(runs, facts),
+                         "missing": [m for m, r in runs.items() if len(r) < len(seeds)]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(summary, seeds, records_dir))
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
+    plots = write_plots(summary, out.parent / "results" / "plots")
+    return [out, out.with_suffix(".json"), *plots]
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", type=lambda s: s.split(","), default=list(DATASETS))
-    parser.add_argument("--models", type=lambda s: s.split(","), default=list(MODELS))
-    parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=SEEDS)
-    parser.add_argument("--max-epochs", type=int, default=200)
-    parser.add_argument("--patience", type=int, default=10)
-    parser.add_argument("--max-len", type=int, default=50)
-    parser.add_argument("--max-minutes", type=float, default=0.0,
-                        help="wall-clock budget per run, the same for every model (0 = none)")
-    parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0 = all)")
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs/results"))
-    parser.add_argument("--out", type=Path, default=Path("docs/results.md"))
-    parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--records-dir", type=Path, default=RESULTS_DIR / "runs")
+    parser.add_argument("--report-only", action="store_true",
+                        help="accepted for compatibility: this module never trains")
     args = parser.parse_args(argv)
-    args.argv = list(argv) if argv is not None else sys.argv[1:]
-    for name in args.datasets + args.models:
-        if name not in DATASETS and name not in MODELS:
-            parser.error(f"unknown dataset or model {name!r}")
-    for ds in args.datasets:
-        data = None
-        for seed in args.seeds:  # seed-major, so a partial run already compares every model
-            for model_name in args.models:
-                path = args.runs_dir / ds / model_name / f"seed{seed}.json"
-                if path.exists() or args.report_only:
-                    continue
-                data = data or load_data(ds, k_core=DATASETS[ds])
-                result = run_one(ds, model_name, seed, data, args)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(result))
-                write_all(args)
-    write_all(args)
-    print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
+    print("wrote", *build_report(args.out, args.records_dir))
 
 
 if __name__ == "__main__":

@@ -14,17 +14,18 @@ from model.evaluate import user_vectors
 from model.experiments import analyses
 from model.experiments.analyses import (
     ablation_cells,
-    base_recipe,
+    analysis_cells,
     corrupt_pairs,
     drop_history,
     load_cells,
     reasoning_states,
     run_key,
-    run_path,
     stream_divergence,
     stream_summary,
+    variant_name,
     width_depth_cells,
 )
+from model.experiments.runs import write_json
 from model.experiments.analyses_report import render
 from model.registry import build_model
 from model.train import TrainConfig
@@ -42,16 +43,6 @@ def synthetic_data(n_users=30, n_items=50, seed=0):
     users, items, times = map(np.array, zip(*rows))
     dataset = build_dataset(InteractionLog(users, items, times, name="synthetic"))
     return dataset, leave_one_out(dataset)
-
-
-@pytest.fixture
-def base_dir(tmp_path):
-    """A checkpoint directory holding only the two config files base_recipe reads."""
-    path = tmp_path / "base"
-    path.mkdir()
-    (path / "model_config.json").write_text(json.dumps({**TINY_PLR, "n_items": 50}))
-    (path / "train_config.json").write_text(json.dumps({**TINY_TRAIN, "dataset": "synthetic"}))
-    return path
 
 
 # -- 1. corrupted histories ----------------------------------------------------------------------
@@ -132,46 +123,32 @@ def test_reasoning_states_are_the_inference_path_of_the_model():
 
 
 # -- 3 and 4. training runs ----------------------------------------------------------------------
-def test_cells_share_runs_and_name_each_variant(base_dir):
-    model_fields, train_fields = base_recipe(base_dir)
-    assert "n_items" not in model_fields and "dataset" not in train_fields
-    grid, ablations = width_depth_cells(model_fields), ablation_cells(model_fields)
+BASE_MODEL = {k: v for k, v in TINY_PLR.items()}
+
+
+def test_cells_share_runs_and_name_each_variant():
+    grid, ablations = width_depth_cells(BASE_MODEL), ablation_cells(BASE_MODEL)
     assert len(grid) == 9 and run_key(grid["M=4, T=3"]) == "M4-T3"
     keys = {name: run_key(f) for name, f in ablations.items()}
-    # the base has M=3, T=2 here; the real base (M=2, T=2) shares "full PLR" with the grid cell
+    # the base has M=3, T=2 here: "full PLR" is the base itself, and so is grid cell M=3, T=2
     assert keys == {"full PLR": "M3-T2", "no gate (mean of streams)": "M3-T2-nogate",
-                    "no GRR": "M3-T2-nogrr", "no RCL": "M3-T2-norcl"}
+                    "no GRR": "M3-T2-nogrr", "no RCL": "M3-T2-norcl",
+                    "no dual-process (score z alone)": "M3-T2-nodual"}
+    assert variant_name(ablations["no GRR"]) == "plr-M3-T2-nogrr"
+    cells = analysis_cells(BASE_MODEL)
+    assert cells["full PLR"] == BASE_MODEL and len(cells) == 14  # 9 cells + 5 ablations
 
 
-def test_a_training_run_writes_its_json_and_a_rerun_resumes(tmp_path, base_dir, monkeypatch):
-    data = synthetic_data()
-    monkeypatch.setattr(analyses, "DATASET", "synthetic")
-    args = analyses.parse_args(["--base", str(base_dir), "--runs-dir", str(tmp_path / "runs"),
-                                "--out", str(tmp_path / "docs" / "analyses.md"), "--seeds", "7",
-                                "--max-epochs", "1", "--no-progress"])
-    model_fields, train_fields = base_recipe(base_dir)
-    cells = {"no GRR": ablation_cells(model_fields)["no GRR"]}
-    analyses.run_training(cells, train_fields, data, args)
-    path = run_path(args.runs_dir, "synthetic", cells["no GRR"], 7)
-    run = json.loads(path.read_text())
-    assert run["epochs_run"] == 1 and run["seed"] == 7 and run["key"] == "M3-T2-nogrr"
-    assert run["model_config"]["grr_weight"] == 0.0
-    assert run["model_config"]["n_items"] == data[0].n_items
-    assert len(run["test_ranks"]) == len(data[1].test) and len(run["streams"]["steps"]) == 2
-    assert run["produced"]["command"].startswith("python -m model.experiments.analyses")
-    found = load_cells(cells, train_fields, args.runs_dir, "synthetic", [7])
-    assert found["no GRR"]["runs"] == [run]
-    with pytest.raises(ValueError, match="another recipe"):  # e.g. the base checkpoint changed
-        load_cells(cells, {**train_fields, "lr": 0.5}, args.runs_dir, "synthetic", [7])
-
-    def no_training(*_, **__):
-        raise AssertionError("a finished run was trained again")
-
-    monkeypatch.setattr(analyses, "train_cell", no_training)
-    analyses.run_training(cells, train_fields, data, args)  # resumes: nothing left to train
-    text = args.out.read_text()
-    assert "1 of 4 cells complete" in text
-    assert "| no GRR (M3-T2-nogrr) | 1 |" in text  # its stream distances reach the report
+def test_cells_read_the_grid_record_for_the_recipe_and_variant_records_otherwise(tmp_path):
+    ranks = np.random.default_rng(0).integers(1, 40, size=50)
+    write_json(tmp_path / "ml-100k" / "plr" / "seed1.json", fake_run("M3-T2", 1, ranks))
+    no_grr = ablation_cells(BASE_MODEL)["no GRR"]
+    write_json(tmp_path / "ml-100k" / variant_name(no_grr) / "seed2.json",
+               fake_run("M3-T2-nogrr", 2, ranks, model_fields=no_grr))
+    found = load_cells(ablation_cells(BASE_MODEL), BASE_MODEL, tmp_path, "ml-100k", [1, 2])
+    assert [r["seed"] for r in found["full PLR"]["runs"]] == [1]
+    assert [r["seed"] for r in found["no GRR"]["runs"]] == [2]
+    assert found["no gate (mean of streams)"]["runs"] == []
 
 
 # -- the report ------------------------------------------------------------------------------------
@@ -188,28 +165,36 @@ def fake_run(key, seed, ranks, streams=None, model_fields=None):
             .to_dict(), "streams": streams}
 
 
-def test_report_only_names_missing_and_partial_cells(tmp_path, base_dir):
-    runs, out = tmp_path / "runs", tmp_path / "docs" / "analyses.md"
-    model_fields, _ = base_recipe(base_dir)
+def test_report_only_names_missing_and_partial_cells(tmp_path, monkeypatch):
+    records, out = tmp_path / "runs", tmp_path / "docs" / "analyses.md"
+    monkeypatch.setattr(analyses, "plr_recipe", lambda: (BASE_MODEL, TINY_TRAIN))
     ranks = np.random.default_rng(0).integers(1, 40, size=100)
-    cell = width_depth_cells(model_fields)["M=1, T=2"]
-    analyses.write_json(run_path(runs, "ml-100k", cell, 2020),
-                        fake_run("M1-T2", 2020, ranks, model_fields=cell))
+    cell = width_depth_cells(BASE_MODEL)["M=1, T=2"]
+    write_json(records / "ml-100k" / variant_name(cell) / "seed2020.json",
+               fake_run("M1-T2", 2020, ranks, model_fields=cell))
     out.parent.mkdir(parents=True)
     (out.parent / "analyses").mkdir()
     (out.parent / "analyses" / "ablations.png").write_bytes(b"stale")
-    analyses.main(["--report-only", "--base", str(base_dir), "--runs-dir", str(runs),
-                   "--out", str(out), "--seeds", "2020,2021"])
+    analyses.main(["--report-only", "--records-dir", str(records), "--evaluations-dir",
+                   str(tmp_path / "evaluations"), "--out", str(out), "--seeds", "2020,2021"])
     text = out.read_text()
     assert "| 1. robustness | not run |" in text and "| 2. stream distances | not run |" in text
     assert "0 of 9 cells complete, 1 partial, 8 not run" in text
     assert "| M=1, T=2 | 1 of 2 (partial) |" in text
     assert text.count("not run |") >= 8
-    assert "## 4. Ablations" in text and "**Not run**: none of the 4 variants" in text
+    assert "## 4. Ablations" in text and "**Not run**: none of the 5 variants" in text
     assert (out.parent / "analyses" / "width_depth.png").exists()
     assert not (out.parent / "analyses" / "ablations.png").exists()  # no data: stale plot removed
     summary = json.loads(out.with_suffix(".json").read_text())
     assert summary["width_depth"]["M=1, T=2"]["n"] == 1 and summary["robustness"] is None
+
+
+def test_report_waits_for_the_plr_recipe(tmp_path, monkeypatch):
+    monkeypatch.setattr(analyses, "plr_recipe", lambda: None)
+    out = tmp_path / "analyses.md"
+    analyses.main(["--report-only", "--records-dir", str(tmp_path), "--evaluations-dir",
+                   str(tmp_path), "--out", str(out)])
+    assert "| 3. width x depth | waiting for PLR's tuned recipe" in out.read_text()
 
 
 def test_report_arithmetic_for_robustness_and_ablations(tmp_path):

@@ -1,22 +1,24 @@
-"""The results report's arithmetic on hand-made runs (synthetic ranks, no training)."""
+"""The results report's arithmetic on hand-made records (synthetic ranks, no training)."""
 
-import argparse
+import json
 
 import numpy as np
 import pytest
 
-from model.experiments.results import summarize_dataset, write_report
+from model.experiments.results import build_report, quartile_buckets, summarize_dataset
+from model.experiments.runs import write_json
 
 
-def run(model, seed, ranks):
+def run(model, seed, ranks, digest="d1"):
+    """A hand-made run record (synthetic ranks)."""
     ranks = np.asarray(ranks)
     ndcg10 = float(np.where(ranks <= 10, 1 / np.log2(ranks + 1), 0).mean())
     recall10 = float((ranks <= 10).mean())
-    return {"model": model, "seed": seed, "test_ranks": ranks.tolist(),
+    return {"model": model, "seed": seed, "test_ranks": ranks.tolist(), "split_digest": digest,
             "test": {"ndcg@10": ndcg10, "recall@10": recall10, "ndcg@20": ndcg10,
-                     "recall@20": recall10},
-            "train_s": 60.0, "time_to_best_s": 30.0, "infer_ms_per_user": 1.0, "params": 100,
-            "best_epoch": 3}
+                     "recall@20": recall10, "masked_ndcg@10": ndcg10},
+            "train_s": 60.0, "cpu_s": 55.0, "time_to_best_s": 30.0, "params": 100,
+            "best_epoch": 3, "s_per_epoch": 6.0}
 
 
 def test_relative_change_and_paired_test_against_sasrec():
@@ -38,28 +40,42 @@ def test_relative_change_and_paired_test_against_sasrec():
     assert erl["p_vs_sasrec"] == 1.0  # identical ranks: no difference at all
 
 
-def test_report_says_plainly_when_plr_does_not_beat_sasrec(tmp_path):
-    base = np.arange(1, 101)
+def write_records(root, runs, n_users):
+    for r in runs:
+        write_json(root / "ml-100k" / r["model"] / f"seed{r['seed']}.json", r)
+    lengths = np.arange(n_users) + 3
+    write_json(root / "ml-100k" / "split.json", {
+        "history_len": lengths.tolist(), "target_train_count": (lengths % 7).tolist()})
+
+
+def test_report_says_plainly_when_plr_does_not_beat_sasrec_and_where(tmp_path):
+    base = np.arange(100) % 12 + 1
     worse = base + 3
-    summary = {"ml-100k": summarize_dataset({
-        "sasrec": [run("sasrec", 1, base)], "plr": [run("plr", 1, worse)]})}
-    args = argparse.Namespace(argv=[], patience=10, max_epochs=5, max_len=50,
-                              datasets=["ml-100k"], models=["sasrec", "plr"], seeds=[1, 2])
+    worse[:50] = base[:50]  # PLR is level on the 50 shortest histories, behind on the rest
+    write_records(tmp_path / "runs", [run("sasrec", 2020, base), run("plr", 2020, worse)], 100)
     out = tmp_path / "results.md"
-    write_report(summary, args, out)
+    build_report(out, tmp_path / "runs", seeds=(2020, 2021))
     text = out.read_text()
     assert "PLR does NOT beat SASRec" in text
     assert "Not finished" in text and "ml-100k/sasrec" in text  # 1 of 2 seeds only
+    summary = json.loads(out.with_suffix(".json").read_text())
+    by_length = summary["ml-100k"]["buckets"]["history_len"]["rows"]
+    assert sum(r["users"] for r in by_length) == 100 and len(by_length) == 4
+    assert by_length[0]["plr_vs_sasrec"] == 0.0 and by_length[-1]["plr_vs_sasrec"] < 0
+    assert (tmp_path / "results" / "plots" / "grid.png").exists()
+    assert (tmp_path / "results" / "plots" / "buckets-ml-100k.png").exists()
 
 
-def test_report_states_the_recipes_actually_used(tmp_path):
-    from model.experiments.results import MODELS, RECIPES
-    summary = {"ml-100k": summarize_dataset({"sasrec": [run("sasrec", 1, np.arange(1, 101))]})}
-    args = argparse.Namespace(argv=[], patience=10, max_epochs=5, max_len=50, max_minutes=0.0,
-                              datasets=["ml-100k"], models=["sasrec"], seeds=[1])
-    out = tmp_path / "results.md"
-    write_report(summary, args, out)
-    text = out.read_text()
-    assert f"sasrec: dropout {RECIPES['sasrec'][0]['dropout']}" in text
-    assert f"rcl_weight {MODELS['plr']['rcl_weight']}" in text
-    assert "summed: 0.0 h" in text  # 60 s of training in the one hand-made run
+def test_records_from_different_splits_are_refused(tmp_path):
+    ranks = np.arange(1, 11)
+    write_records(tmp_path / "runs", [run("sasrec", 2020, ranks, "d1"),
+                                      run("plr", 2020, ranks, "d2")], 10)
+    with pytest.raises(ValueError, match="different splits"):
+        build_report(tmp_path / "results.md", tmp_path / "runs")
+
+
+def test_quartile_buckets_cover_every_user_once_with_ties():
+    values = np.array([1, 1, 1, 1, 1, 2, 3, 50, 60, 70])
+    index, labels = quartile_buckets(values)
+    assert len(index) == len(values) and index.max() < len(labels)
+    assert labels[0] == "1-1" and labels[-1].endswith("70")

@@ -219,3 +219,20 @@ def test_trigger_std_sets_the_trigger_scale_and_the_default_keeps_the_old_init()
     assert spread(wide_states) > 10 * spread(narrow_states)
     with pytest.raises(ValueError, match="trigger_std"):
         ModelConfig(kind="plr", n_items=5, trigger_std=-1.0).validate()
+
+
+def test_dual_process_off_scores_z_alone_and_the_default_keeps_checkpoint_versions():
+    from model.checkpoint import NEUTRAL_NEW_OPTIONS, _versioned_config
+    dual, single = tiny_plr(seed=4).eval(), tiny_plr(seed=4, dual_process=False).eval()
+    items, seq_lens, _ = synthetic_batch()
+    with torch.no_grad():
+        hidden, kv = dual.encoder.encode(items, seq_lens)
+        h0 = dual.encoder.last_hidden(hidden, seq_lens)
+        both = dual.user_vectors(h0, kv, seq_lens)
+        alone, details = single.user_vectors(h0, kv, seq_lens, explain=True)
+    torch.testing.assert_close(both - h0, alone)  # same weights: only h0 is left out
+    mixed = (details["gate"].unsqueeze(-1) * details["stream_vectors"]).sum(1)
+    torch.testing.assert_close(mixed, alone)
+    assert NEUTRAL_NEW_OPTIONS["dual_process"] is True
+    assert "dual_process" not in _versioned_config(dual.cfg)
+    assert _versioned_config(single.cfg)["dual_process"] is False

@@ -164,3 +164,48 @@ def test_cosine_schedule_drives_the_optimizer_lr():
     batches = TrainBatches(split.train, 10, 16, seed=0)
     train_epoch(LossModule(net), opt, batches, 1, "cpu", False, lr_at=lambda f: 0.5 * (1 - f))
     assert seen[0] == 0.5 and all(a > b for a, b in zip(seen, seen[1:])) and len(seen) > 2
+
+
+def test_a_resumed_run_ends_exactly_as_an_uninterrupted_one(tmp_path, monkeypatch):
+    """Synthetic data. Dropout, a weight average and PLR's sampled regulariser prefixes all draw
+    random numbers: the saved state must restore every stream for the runs to match bit for bit."""
+    import torch
+
+    import model.train as training
+    dataset = build_dataset(synthetic_log())
+    split = leave_one_out(dataset)
+    cfg = ModelConfig(kind="plr", d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=10,
+                      dropout=0.2, n_streams=2, n_steps=2, rcl_weight=0.1, reg_prefixes=2)
+    tc = TrainConfig(epochs=4, patience=10, batch_size=16, lr=1e-2, ema_decay=0.9,
+                     progress=False, num_threads=1)
+    whole_model, whole = train(cfg, tc, dataset, split, state_path=tmp_path / "whole.pt")
+
+    real_epoch, calls = training.train_epoch, []
+
+    def dies_in_epoch_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the machine went away during epoch 3
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_epoch", dies_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tc, dataset, split, state_path=tmp_path / "cut.pt")
+    monkeypatch.setattr(training, "train_epoch", real_epoch)
+    resumed_model, resumed = train(cfg, tc, dataset, split, state_path=tmp_path / "cut.pt")
+
+    assert resumed["resumed_from"] == 2 and whole["resumed_from"] == 0
+    assert resumed["test_ranks"] == whole["test_ranks"]
+    assert resumed["test"] == whole["test"] and resumed["best_epoch"] == whole["best_epoch"]
+    strip = lambda h: [{k: v for k, v in e.items() if k not in ("elapsed_s", "cpu_s")}  # noqa: E731
+                       for e in h]
+    assert strip(resumed["history"]) == strip(whole["history"])
+    for name, tensor in whole_model.state_dict().items():
+        assert torch.equal(tensor, resumed_model.state_dict()[name]), name
+    # a finished run's state resumes to the same answer without training again
+    again_model, again = train(cfg, tc, dataset, split, state_path=tmp_path / "cut.pt")
+    assert again["test_ranks"] == whole["test_ranks"] and again["resumed_from"] == 4
+    # a state saved by another configuration is refused, never mixed in
+    with pytest.raises(ValueError, match="another configuration"):
+        train(cfg, TrainConfig(**{**tc.__dict__, "lr": 5e-3}), dataset, split,
+              state_path=tmp_path / "cut.pt")

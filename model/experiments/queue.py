@@ -1,0 +1,317 @@
+"""The resumable experiment queue: tuning candidates, the grid, width x depth and ablations.
+
+`python -m model.experiments.queue --workers 2` runs every job that has no record yet, most
+informative first (SASRec on ml-100k; PLR's tuning round, then PLR's ml-100k seeds; the ReaRec
+rounds and seeds; width x depth and the ablations on ml-100k; the other datasets seed by seed),
+in worker processes (one torch thread each, each its own process group). A job whose recipe is
+not chosen yet waits; a job another worker holds (an flock under runs/locks/) is skipped. Each
+finished run writes its record under docs/results/ (model/experiments/runs.py) and the reports
+are rebuilt from the records; an interrupted run resumes from its last finished epoch
+(runs/state/). Restart the same command on any machine with the committed records: it continues.
+`--list` prints the queue and each job's state without running anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+from ..train import load_data
+from .recipes import TUNED, TUNING_DATASET, TUNING_SEED, candidates, chosen_candidate, recipe
+from .runs import DATASETS, RESULTS_DIR, RunSpec, execute, read_record, split_facts, write_json
+
+SEEDS = (2020, 2021, 2022)
+MODELS = ("sasrec", "rearec-erl", "rearec-prl", "plr")
+LOCK_DIR = Path("runs/locks")
+
+
+@dataclass
+class Job:
+    id: str
+    path: Path | None  # the record it writes; None: a placeholder for jobs not defined yet
+    spec: Callable[[], RunSpec | None]  # None while the job waits for a recipe
+    copy_from: Callable[[], Path | None] | None = None  # an equal run already recorded
+
+    def done(self) -> bool:
+        return self.path is not None and self.path.exists()
+
+
+def grid_path(dataset: str, variant: str, seed: int) -> Path:
+    return RESULTS_DIR / "runs" / dataset / variant / f"seed{seed}.json"
+
+
+def grid_job(dataset: str, model: str, seed: int) -> Job:
+    def spec():
+        found = recipe(model)
+        if found is None:
+            return None
+        return RunSpec(dataset, found[0], {**found[1], "seed": seed}, label=f"grid {model}")
+
+    copy = None
+    if dataset == TUNING_DATASET and seed == TUNING_SEED and model in TUNED:
+        # The chosen tuning candidate IS this run (same data, config and seed): reuse it.
+        def copy(model=model):
+            chosen = chosen_candidate(model)
+            return None if chosen is None else chosen.path
+    return Job(f"{dataset}/{model}/seed{seed}", grid_path(dataset, model, seed), spec, copy)
+
+
+def tuning_jobs(family: str) -> list[Job]:
+    cands, complete = candidates(family)
+    jobs = [Job(f"tuning/{family}/{c.id}", c.path,
+                lambda c=c: RunSpec(TUNING_DATASET, c.model, {**c.train, "seed": TUNING_SEED},
+                                    label=f"tuning {family} {c.id}",
+                                    notes={"candidate": c.id, "based_on": c.based_on}))
+            for c in cands]
+    if not complete:  # round 2 starts from round 1's winner: not defined before it is known
+        jobs.append(Job(f"tuning/{family}/round-2", None, lambda: None))
+    return jobs
+
+
+def analysis_jobs(seed: int) -> list[Job]:
+    """Width x depth cells and ablations around PLR's chosen recipe on ml-100k."""
+    from .analyses import analysis_cells, variant_name
+
+    base = recipe("plr")
+    if base is None:
+        return [Job(f"analyses/seed{seed}", None, lambda: None)]
+    jobs = []
+    for fields in analysis_cells(base[0]).values():
+        if fields == base[0]:
+            continue  # the recipe itself: the grid's PLR run
+        name = variant_name(fields)
+        spec = RunSpec(TUNING_DATASET, fields, {**base[1], "seed": seed}, label=f"analysis {name}")
+        jobs.append(Job(f"{TUNING_DATASET}/{name}/seed{seed}",
+                        grid_path(TUNING_DATASET, name, seed), lambda spec=spec: spec))
+    return list({j.id: j for j in jobs}.values())
+
+
+def all_jobs() -> list[Job]:
+    """Every job, most informative first (recomputed on each pick: recipes appear over time)."""
+    first, *others = SEEDS
+    jobs = [grid_job(TUNING_DATASET, "sasrec", s) for s in SEEDS]
+    jobs += tuning_jobs("plr") + [grid_job(TUNING_DATASET, "plr", s) for s in SEEDS]
+    jobs += tuning_jobs("rearec-erl") + tuning_jobs("rearec-prl")
+    jobs += [grid_job(TUNING_DATASET, m, s) for m in ("rearec-erl", "rearec-prl") for s in SEEDS]
+    jobs += analysis_jobs(first)
+    for seed in SEEDS:
+        jobs += [grid_job(d, m, seed) for d in DATASETS if d != TUNING_DATASET for m in MODELS]
+    for seed in others:
+        jobs += analysis_jobs(seed)
+    return jobs
+
+
+# -- one worker ------------------------------------------------------------------------------------
+def try_lock(job: Job):
+    """An open file holding an exclusive flock for the job, or None if another process has it.
+    The kernel drops the lock when the process dies, so a crashed worker never blocks a job."""
+    LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    handle = open(LOCK_DIR / (job.id.replace("/", "__") + ".lock"), "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+def next_job(skip: frozenset = frozenset()) -> tuple[Job | None, object, int]:
+    """(the first ready job not in `skip`, its lock, number of jobs still to run)."""
+    jobs = [j for j in all_jobs() if not j.done()]
+    for job in jobs:
+        if job.id in skip or job.path is None or (job.spec() is None and not _copy_source(job)):
+            continue
+        lock = try_lock(job)
+        if lock is None:
+            continue
+        if job.done():  # finished by another worker between the listing and the lock
+            lock.close()
+            continue
+        return job, lock, len(jobs)
+    return None, None, len(jobs)
+
+
+def _copy_source(job: Job) -> Path | None:
+    return job.copy_from() if job.copy_from is not None else None
+
+
+class DataCache:
+    """One dataset in memory at a time (the queue is ordered dataset by dataset)."""
+
+    def __init__(self):
+        self.name, self.data = None, None
+
+    def get(self, name: str):
+        if name != self.name:
+            self.name, self.data = name, load_data(name, k_core=DATASETS[name])
+            facts = RESULTS_DIR / "runs" / name / "split.json"
+            if not facts.exists():
+                write_json(facts, split_facts(*self.data))
+        return self.data
+
+
+def run_job(job: Job, cache: DataCache, threads: int, device: str = "cpu") -> dict:
+    spec = job.spec()
+    source = _copy_source(job)
+    if source is not None:
+        record = read_record(source, spec)
+        record = {**record, "label": spec.label, "copied_from": str(source)}
+        write_json(job.path, record)
+        return record
+    return execute(spec, cache.get(spec.dataset), job.path, run_threads=threads, device=device)
+
+
+def rebuild_reports() -> list[Path]:
+    """Rebuild every report from the records; returns the paths written. A failing report is
+    logged with its traceback and skipped: the training queue must not stop for a report."""
+    from . import analyses, results, tuning
+
+    written = []
+    for name, build in (("results", results.build_report), ("tuning", tuning.build_report),
+                        ("analyses", analyses.build_report)):
+        try:
+            written += build()
+        except Exception:  # noqa: BLE001 (logged in full, the queue goes on)
+            log(f"report {name} failed:\n{traceback.format_exc()}")
+    return written
+
+
+def commit(paths: list[Path], message: str) -> None:
+    """Commit exactly these paths (other work in the tree is left alone); failures are logged."""
+    existing = [str(p) for p in paths if Path(p).exists()]
+    for cmd in (["git", "add", "--", *existing],
+                ["git", "commit", "-q", "-m", message, "--", *existing]):
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            log(f"{' '.join(cmd[:3])} failed: {done.stderr.strip() or done.stdout.strip()}")
+            return
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.now().isoformat(timespec='seconds')} pid {os.getpid()}] {message}",
+          flush=True)
+
+
+def work(args) -> None:
+    if args.nice:
+        os.nice(args.nice)
+    cache, failed = DataCache(), set()
+    while True:
+        job, lock, pending = next_job(frozenset(failed))
+        if job is None:
+            if pending <= len(failed):
+                log(f"queue done: every job has its record, except failed ones {sorted(failed)}")
+                return
+            log(f"{pending} jobs left, none ready (waiting for recipes or other workers)")
+            time.sleep(args.poll)
+            continue
+        log(f"start {job.id} -> {job.path}")
+        try:
+            record = run_job(job, cache, args.threads, getattr(args, "device", "cpu"))
+        except Exception:  # noqa: BLE001 (logged in full; this worker skips the job from now on)
+            log(f"FAILED {job.id} (skipped by this worker; its saved state is kept):\n"
+                f"{traceback.format_exc()}")
+            failed.add(job.id)
+            continue
+        finally:
+            lock.close()
+        log(f"done {job.id}: best epoch {record['best_epoch']}, valid ndcg@10 "
+            f"{record['valid']['ndcg@10']:.4f}, {record['train_s'] / 60:.1f} min")
+        written = rebuild_reports()
+        if args.commit:
+            commit([job.path, job.path.parent.parent / "split.json", *written],
+                   f"Run record: {job.id} (valid NDCG@10 {record['valid']['ndcg@10']:.4f})")
+
+
+# -- the supervisor --------------------------------------------------------------------------------
+def supervise(args) -> None:
+    """Start `--workers` worker processes, each in its own process group (so a benchmark can
+    pause it: kill -STOP -PGID), record the groups in --pids-file, and wait for them."""
+    argv = [sys.executable, "-m", "model.experiments.queue", "--worker", "--device", args.device,
+            "--threads", str(args.threads), "--nice", str(args.nice), "--poll", str(args.poll)]
+    argv += ["--commit"] if args.commit else []
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}  # no idle thread pools either
+    workers = []
+    for i in range(args.workers):
+        out = open(Path(args.log_dir) / f"queue-worker{i + 1}.log", "a")
+        workers.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True))
+        _pids(args.pids_file, add=workers[-1].pid)
+        log(f"worker {i + 1}: process group {workers[-1].pid}, log {out.name}")
+    for worker in workers:
+        worker.wait()
+        _pids(args.pids_file, remove=worker.pid)
+
+
+def _pids(path: str | None, add: int | None = None, remove: int | None = None) -> None:
+    if not path:
+        return
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        lines = [x for x in handle.read().splitlines() if x.strip() and x.strip() != str(remove)]
+        lines += [str(add)] if add is not None else []
+        handle.seek(0)
+        handle.truncate()
+        handle.write("".join(f"{x}\n" for x in lines))
+
+
+def describe() -> list[dict]:
+    """Every job with its state: done, ready, waiting (no recipe yet) or placeholder."""
+    rows = []
+    for job in all_jobs():
+        if job.path is None:
+            state = "waiting (not defined until an earlier round finishes)"
+        elif job.done():
+            state = "done"
+        elif job.spec() is None and not _copy_source(job):
+            state = "waiting for a recipe"
+        else:
+            state = "ready" + (" (copy of the chosen candidate)" if _copy_source(job) else "")
+        rows.append({"job": job.id, "state": state})
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m model.experiments.queue",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=1,
+                        help="1: run the queue in this process; N > 1 (or --pids-file): start N "
+                             "worker processes, each its own process group")
+    parser.add_argument("--worker", action="store_true", help="be one worker (internal)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                        help="where runs train (records stay comparable across devices)")
+    parser.add_argument("--nice", type=int, default=0, help="niceness of the workers")
+    parser.add_argument("--poll", type=float, default=120.0, help="seconds between checks")
+    parser.add_argument("--commit", action="store_true",
+                        help="git-commit each finished record and the rebuilt reports")
+    parser.add_argument("--pids-file", help="append each worker's process group id here")
+    parser.add_argument("--log-dir", default="runs", help="worker logs: queue-worker<i>.log")
+    parser.add_argument("--list", action="store_true", help="print the jobs and their states")
+    args = parser.parse_args(argv)
+    if args.workers < 1 or args.threads < 1:
+        parser.error("--workers and --threads must be >= 1")
+    if args.list:
+        for row in describe():
+            print(f"{row['job']:48s} {row['state']}")
+        return
+    if args.worker or (args.workers == 1 and not args.pids_file):
+        work(args)  # in this process, logging to the terminal
+        return
+    Path(args.log_dir).mkdir(parents=True, exist_ok=True)
+    supervise(args)
+
+
+if __name__ == "__main__":
+    main()

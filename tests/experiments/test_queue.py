@@ -1,0 +1,139 @@
+"""Tuning rounds, the selection rule and the queue's order, on hand-made records (no training)."""
+
+import pytest
+
+from model.experiments import queue, recipes
+from model.experiments.runs import write_json
+
+
+def record(valid_ndcg, curve=None, **valid):
+    """A hand-made candidate record: valid metrics at the best epoch and a validation curve."""
+    metrics = {"ndcg@10": valid_ndcg, "recall@10": 0.1, "ndcg@20": 0.08, "recall@20": 0.2,
+               **valid}
+    curve = curve or [valid_ndcg]
+    return {"valid": metrics, "history": [{"epoch": i + 1, "valid": v} for i, v in
+                                          enumerate(curve)],
+            "best_epoch": 1, "epochs_run": len(curve), "train_s": 60.0, "cpu_s": 60.0,
+            "s_per_epoch": 1.0}
+
+
+@pytest.fixture
+def results_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(recipes, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(queue, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(queue, "LOCK_DIR", tmp_path / "locks")
+    return tmp_path
+
+
+def test_the_rule_takes_the_candidate_best_on_most_criteria_then_the_top5_mean():
+    scores = {"a": dict(zip(recipes.CRITERIA, (0.07, 0.15, 0.09, 0.25, 0.065))),
+              "b": dict(zip(recipes.CRITERIA, (0.069, 0.16, 0.095, 0.26, 0.066))),
+              "c": dict(zip(recipes.CRITERIA, (0.06, 0.10, 0.08, 0.20, 0.06)))}
+    winner, wins = recipes.choose(scores)
+    assert winner == "b" and wins == {"a": 1, "b": 4, "c": 0}
+    tie = {"a": dict(scores["a"], top5=0.070), "b": dict(scores["a"], top5=0.071)}
+    assert recipes.choose(tie)[0] == "b"
+
+
+def test_every_tuned_family_gets_sasrecs_number_of_candidates():
+    assert len(recipes.SASREC_CANDIDATES) == recipes.N_CANDIDATES == 13
+    for family in recipes.TUNED:
+        assert len(recipes.ROUND_1[family]) + len(recipes.ROUND_2[family]) == 13
+        names = [c.name for c in recipes.ROUND_1[family] + recipes.ROUND_2[family]]
+        assert len(set(names)) == 13
+
+
+def test_round_two_starts_from_round_ones_winner_and_the_recipe_from_all_thirteen(results_dir):
+    first, complete = recipes.candidates("plr")
+    assert len(first) == 7 and not complete and recipes.recipe("plr") is None
+    for c in first:  # trig1-d0.35 is best on every criterion
+        write_json(c.path, record(0.07 if c.id == "r1-trig1-d0.35" else 0.06))
+    cands, complete = recipes.candidates("plr")
+    assert complete and len(cands) == 13
+    second = [c for c in cands if c.round_no == 2]
+    assert all(c.based_on == "r1-trig1-d0.35" for c in second)
+    assert all(c.model["dropout"] == 0.35 and c.model["trigger_std"] == 1.0 for c in second)
+    m4t2 = next(c for c in second if c.id == "r2-M4T2")
+    assert (m4t2.model["n_streams"], m4t2.model["n_steps"]) == (4, 2)
+    assert m4t2.train["min_epochs"] == 40 and m4t2.train["patience"] == 10
+    assert recipes.recipe("plr") is None  # round 2 has not run
+    for c in second:
+        best = c.id == "r2-M4T2"  # best on N@10, R@10 and the top-5 mean
+        write_json(c.path, record(0.08 if best else 0.05, curve=[0.08 if best else 0.05],
+                                  **{"recall@10": 0.12 if best else 0.1}))
+    model, train = recipes.recipe("plr")
+    assert model == m4t2.model and train == m4t2.train
+    assert recipes.recipe("sasrec") == recipes.SASREC_RECIPE
+
+
+def test_queue_order_waits_for_recipes_and_reuses_the_chosen_candidate(results_dir):
+    states = {row["job"]: row["state"] for row in queue.describe()}
+    ids = list(states)
+    assert ids[:4] == ["ml-100k/sasrec/seed2020", "ml-100k/sasrec/seed2021",
+                       "ml-100k/sasrec/seed2022", "tuning/plr/r1-base"]
+    assert states["ml-100k/plr/seed2021"] == "waiting for a recipe"
+    assert ids.index("tuning/plr/r1-base") < ids.index("tuning/rearec-erl/r1-base")
+    assert ids.index("ml-100k/plr/seed2022") < ids.index("instacart/sasrec/seed2020")
+    job, lock, pending = queue.next_job()
+    assert job.id == "ml-100k/sasrec/seed2020" and pending == len(ids)
+    again, lock_2, _ = queue.next_job()  # the first is held (flock): the next worker moves on
+    assert again.id == "ml-100k/sasrec/seed2021"
+    lock.close(), lock_2.close()
+    cands, _ = recipes.candidates("plr")
+    for c in cands:
+        write_json(c.path, record(0.07 if c.id == "r1-base" else 0.06))
+    for c in recipes.candidates("plr")[0][7:]:
+        write_json(c.path, record(0.05))
+    states = {row["job"]: row["state"] for row in queue.describe()}
+    assert states["ml-100k/plr/seed2020"] == "ready (copy of the chosen candidate)"
+    assert states["ml-100k/plr/seed2021"] == "ready"
+    assert states["ml-100k/plr-M1-T1/seed2020"] == "ready"  # the analyses now have a base
+
+
+def test_pids_file_gets_one_line_per_worker_and_loses_it_when_the_worker_ends(tmp_path):
+    path = tmp_path / "train.pids"
+    path.write_text("111\n")  # another engineer's job
+    queue._pids(str(path), add=222)
+    queue._pids(str(path), add=333)
+    queue._pids(str(path), remove=222)
+    assert path.read_text() == "111\n333\n"
+
+
+def test_a_failing_job_is_logged_and_skipped_and_the_worker_goes_on(results_dir, monkeypatch,
+                                                                      capsys):
+    import argparse
+
+    ran = []
+
+    def fake_run(job, cache, threads, device="cpu"):
+        ran.append(job.id)
+        if job.id.endswith("seed2020"):
+            raise RuntimeError("boom")
+        write_json(job.path, {"best_epoch": 1, "valid": {"ndcg@10": 0.05}, "train_s": 1.0})
+        return {"best_epoch": 1, "valid": {"ndcg@10": 0.05}, "train_s": 1.0}
+
+    monkeypatch.setattr(queue, "run_job", fake_run)
+    monkeypatch.setattr(queue, "rebuild_reports", lambda: [])
+    # only the three SASRec jobs exist in this queue
+    monkeypatch.setattr(queue, "all_jobs",
+                        lambda: [queue.grid_job("ml-100k", "sasrec", s) for s in queue.SEEDS])
+    queue.work(argparse.Namespace(nice=0, threads=1, poll=0.0, commit=False))
+    assert ran == ["ml-100k/sasrec/seed2020", "ml-100k/sasrec/seed2021", "ml-100k/sasrec/seed2022"]
+    out = capsys.readouterr().out
+    assert "FAILED ml-100k/sasrec/seed2020" in out and "RuntimeError: boom" in out
+    assert "except failed ones ['ml-100k/sasrec/seed2020']" in out
+
+
+def test_tuning_report_shows_validation_numbers_only_and_counts_candidates(results_dir):
+    from model.experiments import tuning
+
+    first, _ = recipes.candidates("rearec-prl")
+    rec = record(0.0712, curve=[0.05, 0.0712, 0.07])
+    rec["test"] = {"ndcg@10": 0.0999}  # present in the record, never shown
+    write_json(first[0].path, rec)
+    out = results_dir / "tuning.md"
+    tuning.build_report(out)
+    text = out.read_text()
+    assert "| rearec-prl | 1 of 13 | not yet |" in text and "| plr | 0 of 13 | not yet |" in text
+    assert "| r1-base | (none) | 0.0712 |" in text and "0.0999" not in text
+    assert "| r2-T3 | round 1's winner + n_steps=3 |" in text

@@ -1,0 +1,151 @@
+"""The fast training forms equal the plain ones (synthetic batches, tiny configs).
+
+Old formulation = what the losses computed before the speed-ups: every prefix's reasoning
+through `reason_all_prefixes`, SASRec's full `encode`, indexed by the kept prefixes afterwards.
+With dropout off (and no random prefix sampling or input noise) the new losses and every
+parameter's gradient must match them to float tolerance (rtol 1e-5, atol 1e-6).
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.config import ModelConfig
+from model.encoder import dropout
+from model.reasoning import diversity_loss, info_nce, reason_all_prefixes
+from model.reasoning_kept import reason_kept_prefixes
+from model.registry import build_model
+from model_helpers import N_ITEMS, synthetic_batch
+
+TINY = dict(n_items=N_ITEMS, d_model=16, n_heads=2, d_ff=32, max_len=20, dropout=0.0,
+            reg_prefixes=0, noise_std=0.0)
+
+
+def tiny(kind, seed=0, **kw):
+    torch.manual_seed(seed)
+    return build_model(ModelConfig(kind=kind, **{**TINY, **kw})).train()
+
+
+def batch_with_unkept_prefixes():
+    """Targets zeroed on some prefixes, as a window's older, not-owned targets are."""
+    items, seq_lens, targets = synthetic_batch(lens=(9, 4, 2, 7, 9))
+    targets[0, :5] = 0
+    targets[3, :2] = 0
+    targets[4, :8] = 0
+    return items, seq_lens, targets
+
+
+def old_loss(model, items, seq_lens, targets):
+    """The pre-speed-up formulation of each kind's training loss (dense prefixes, logits over the
+    unpadded item table)."""
+    cfg, enc = model.cfg, model.encoder
+    keep = targets > 0
+
+    def logits(vectors):
+        return model.score(vectors) / cfg.temperature
+
+    def item_logits(vectors):
+        return enc.scores(vectors)[..., 1:] / cfg.temperature
+
+    hidden, kv = enc.encode(items, seq_lens)
+    if cfg.kind == "sasrec":
+        return F.cross_entropy(logits(hidden[keep]), targets[keep])
+    if cfg.kind == "plr":
+        states = reason_all_prefixes(enc, hidden, kv, model.triggers, model.reason_pos)
+        z, _, _ = model.fuse(hidden, states)
+        loss = F.cross_entropy(logits(z[keep]), targets[keep])
+        n, m, t, d = states[keep].shape
+        loss = loss + cfg.grr_weight * diversity_loss(item_logits(states[keep].reshape(n, m * t, d)))
+        hidden_2, kv_2 = enc.encode(items, seq_lens)
+        states_2 = reason_all_prefixes(enc, hidden_2, kv_2, model.triggers, model.reason_pos)
+        return loss + cfg.rcl_weight * model.rcl(states, states_2, keep)
+    steps = model.prefix_steps(hidden, kv)  # (B, S, T+1, D)
+    if cfg.kind == "rearec-erl":
+        loss = F.cross_entropy(logits(model.pool(steps[keep])), targets[keep])
+        return loss + cfg.kl_weight * diversity_loss(item_logits(steps[keep]))
+    kept, t, alpha = steps[keep], cfg.temperature, cfg.temp_scale
+    loss = F.cross_entropy(model.score(kept[:, -1]) / t, targets[keep])
+    loss = loss + cfg.pl_weight * sum(
+        F.cross_entropy(model.score(kept[:, k]) / (t * alpha ** (cfg.n_steps - k)), targets[keep])
+        for k in range(cfg.n_steps))
+    noisy = model.prefix_steps(hidden, kv)
+    return loss + cfg.cl_weight * info_nce(noisy[:, :, 1:], steps[:, :, 1:], keep, t)
+
+
+def grads(model, loss):
+    model.zero_grad()
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("kind,extra", [
+    ("sasrec", {}),
+    ("plr", dict(n_streams=3, n_steps=2, rcl_weight=0.5, trigger_std=1.0)),
+    ("rearec-erl", dict(n_steps=3)),
+    ("rearec-prl", dict(n_steps=2, temperature=0.5)),
+])
+def test_new_loss_and_gradients_equal_the_old_formulation(kind, extra):
+    model = tiny(kind, **extra)
+    items, seq_lens, targets = batch_with_unkept_prefixes()
+    old = old_loss(model, items, seq_lens, targets)
+    new, _ = model.loss(items, seq_lens, targets)
+    torch.testing.assert_close(new, old, rtol=1e-5, atol=1e-6)
+    old_grads, new_grads = grads(model, old), grads(model, new)
+    assert set(new_grads) == set(old_grads)
+    for name in old_grads:
+        torch.testing.assert_close(new_grads[name], old_grads[name], rtol=1e-5, atol=1e-6,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_kept_reasoning_equals_the_dense_form_at_the_kept_prefixes():
+    model = tiny("plr", n_streams=2, n_steps=3, trigger_std=1.0).eval()
+    items, seq_lens, targets = batch_with_unkept_prefixes()
+    keep = targets > 0
+    with torch.no_grad():
+        hidden, kv = model.encoder.encode(items, seq_lens)
+        dense = reason_all_prefixes(model.encoder, hidden, kv, model.triggers, model.reason_pos)
+        kept = reason_kept_prefixes(model.encoder, hidden, kv, model.triggers, model.reason_pos,
+                                    keep)
+    assert kept.shape == (int(keep.sum()), 2, 3, 16)
+    torch.testing.assert_close(kept, dense[keep], rtol=1e-5, atol=1e-6)
+
+
+def test_encode_kept_equals_encode_at_the_kept_positions():
+    model = tiny("sasrec").eval()
+    items, seq_lens, targets = batch_with_unkept_prefixes()
+    keep = targets > 0
+    with torch.no_grad():
+        full, _ = model.encoder.encode(items, seq_lens)
+        kept = model.encoder.encode_kept(items, seq_lens, keep)
+    torch.testing.assert_close(kept, full[keep], rtol=1e-5, atol=1e-6)
+
+
+def test_training_attention_path_equals_sdpa_when_nothing_is_dropped():
+    """attn_dropout 1e-9 rounds to no dropped lane: the explicit training form must then give
+    exactly SDPA's attention, for bool and additive masks."""
+    model = tiny("sasrec")
+    block = model.encoder.blocks[0]
+    q, k, v = (torch.randn(3, 2, 5, 8) for _ in range(3))
+    mask = torch.rand(3, 1, 5, 5) > 0.3
+    mask[..., 0] = True  # no fully masked row
+    additive = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    block.attn_dropout = 1e-9
+    for m in (mask, additive):
+        torch.testing.assert_close(block.attend(q, k, v, m), reference, rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_drops_at_rate_p_keeps_the_mean_and_is_off_in_eval():
+    torch.manual_seed(0)
+    x = torch.ones(400_000)
+    y = dropout(x, 0.2, True)
+    assert abs((y == 0).float().mean().item() - 0.2) < 0.003
+    assert abs(y.mean().item() - 1.0) < 0.005
+    values = y.unique().tolist()
+    assert len(values) == 2 and values[0] == 0.0
+    assert values[1] == pytest.approx(65536 / (65536 - round(0.2 * 65536)), rel=1e-6)
+    assert dropout(x, 0.2, False) is x and dropout(x, 0.0, True) is x
+    odd = torch.randn(3, 5, 7)  # sizes that are no multiple of the 4 lanes in a draw
+    assert dropout(odd, 0.5, True).shape == odd.shape
+    with pytest.raises(ValueError, match="dropout probability"):
+        dropout(x, 1.0, True)

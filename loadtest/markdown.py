@@ -122,10 +122,17 @@ def _headline(head: dict, models: list[str], goals: dict, extra: list[list] = ()
             _met(ev["p50_ratio"], goals["events_length_ratio"]),
         ],
         [
-            "5xx responses, all steps",
+            "5xx responses, every step within capacity (at or below each target's goodput)",
             head["status_5xx"],
             "0",
             "yes" if head["status_5xx"] == 0 else "no",
+        ],
+        [
+            "503 (shed) responses past capacity: "
+            + (", ".join(head.get("overload_steps") or []) or "no such step"),
+            head.get("status_5xx_overload", 0),
+            "-",
+            "shed by design (503 + Retry-After)",
         ],
         ["errors (non-2xx, timeouts, drops), all steps", head["errors"], "-", "-"],
         [

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -192,6 +193,7 @@ class CompiledGraphs:
     details: list[str]
     max_len: int
     top: int
+    n_items: int
     path: Path
 
     def covers(self, n_past: int, n_new: int) -> bool:
@@ -204,18 +206,19 @@ class CompiledGraphs:
         # The loader itself, not AOTICompiledModel.__call__: that re-parses the call's pytree
         # spec on every call (~40 us); the graphs take and return flat tensor lists.
         return self._unpack(self.append1.loader.boxed_run(
-            [past.unsqueeze(0), torch.tensor([[item]]), _at_least_two(seen)]))
+            [past.unsqueeze(0), torch.tensor([[item]]), _at_least_two(seen)]), seen)
 
     def run_prefill(self, items: list[int], seen: Tensor):
         return self._unpack(self.prefill.loader.boxed_run(
-            [torch.tensor([items]), _at_least_two(seen)]))
+            [torch.tensor([items]), _at_least_two(seen)]), seen)
 
-    def _unpack(self, out: list[Tensor]):
+    def _unpack(self, out: list[Tensor], seen: Tensor):
+        """(rows, vector, (top indices uint32, top scores float32) numpy, details)."""
         values, indices = out[2], out[3]
-        finite = torch.isfinite(values)
-        if not bool(finite.all()):  # fewer unseen items than `top`
-            values, indices = values[finite], indices[finite]
-        return (out[0], out[1][0], (indices.tolist(), values.tolist()),
+        available = self.n_items - seen.numel()  # unseen real items: the rest of the list is -inf
+        if available < values.numel():
+            values, indices = values[:available], indices[:available]
+        return (out[0], out[1][0], (indices.numpy().astype(np.uint32), values.numpy()),
                 {n: t[0] for n, t in zip(self.details, out[4:])})
 
 
@@ -242,7 +245,7 @@ def load_graphs(model: SequentialRecommender, model_version: str, root: Path) ->
     except Exception as exc:  # noqa: BLE001 - any load failure means: stay eager, say why
         raise CompiledUnavailable(f"{path}: {type(exc).__name__}: {exc}") from exc
     return CompiledGraphs(runners["append1"], runners["prefill"], manifest["details"],
-                          int(manifest["max_len"]), int(manifest["top"]), path)
+                          int(manifest["max_len"]), int(manifest["top"]), model.cfg.n_items, path)
 
 
 def main(argv=None) -> None:

@@ -169,8 +169,7 @@ class Engine:
         caches = [cache for cache, _, _, _ in done]
         states = [
             UserState(self.model_version, vector, job.seen, cache.history_length, details,
-                      *(() if answer is None else (np.asarray(answer[0], np.uint32),
-                                                   np.asarray(answer[1], np.float32))))
+                      *(() if answer is None else answer))
             for job, (cache, vector, details, answer) in zip(jobs, done)
         ]
         todo = [b for b, (_, _, _, answer) in enumerate(done) if answer is None]

@@ -133,9 +133,13 @@ def _f32(t: Tensor) -> bytes:
 
 def seen_union(before: np.ndarray | None, items) -> np.ndarray:
     """Sorted unique uint32 item indices of `before` (sorted unique, or None) plus `items`."""
-    new = np.asarray(items, dtype=np.uint32)
     if before is None or before.size == 0:
-        return np.unique(new)
-    if new.size == 0:
+        return np.unique(np.asarray(items, dtype=np.uint32))
+    if len(items) == 0:
         return before
-    return np.union1d(before, new).astype(np.uint32, copy=False)
+    if len(items) == 1:  # one event, one item: a binary search instead of a sort
+        at = int(np.searchsorted(before, items[0]))
+        if at < before.size and before[at] == items[0]:
+            return before
+        return np.insert(before, at, np.uint32(items[0]))
+    return np.union1d(before, np.asarray(items, dtype=np.uint32)).astype(np.uint32, copy=False)

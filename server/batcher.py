@@ -109,15 +109,26 @@ class MicroBatcher:
     async def submit(self, item, disconnected: Callable[[], Awaitable[bool]] | None = None) -> Any:
         """Queue one work and wait for its result. `disconnected`: an async check that the
         caller's client has gone (a shed work costs no compute)."""
+        return await self._enqueue([item], disconnected)[0]
+
+    async def submit_many(self, items: list,
+                          disconnected: Callable[[], Awaitable[bool]] | None = None) -> list:
+        """Queue several works at once (they leave in the same batch when they fit) and wait for
+        all: results in order, a work's exception in its place."""
+        return await asyncio.gather(*self._enqueue(items, disconnected), return_exceptions=True)
+
+    def _enqueue(self, items: list, disconnected) -> list[asyncio.Future]:
         if self._closed:
             raise ShuttingDown()
-        if len(self._pending) >= self.max_queue:
+        if len(self._pending) + len(items) > self.max_queue:
             self._on_shed("queue_full")
             raise Overloaded("compute queue full")
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(item, future, disconnected=disconnected))
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in items]
+        self._pending.extend(_Pending(item, future, disconnected=disconnected)
+                             for item, future in zip(items, futures))
         self._wakeup.set()
-        return await future
+        return futures
 
     async def _collect(self) -> None:
         while True:

@@ -15,7 +15,6 @@ a user without a cache gets none built here. Writes of computed states are behin
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 import time
@@ -28,7 +27,14 @@ from model.inference.state import stored_answer
 from .batcher import MicroBatcher
 from .compute import RankSpec, Work, WorkResult
 from .envelope import ENVELOPE_LEN
-from .errors import InputError, StoreUnavailable, UnknownItems, UnknownModel, UnknownUser
+from .errors import (
+    InputError,
+    StoreUnavailable,
+    Unavailable,
+    UnknownItems,
+    UnknownModel,
+    UnknownUser,
+)
 from .metrics import Metrics
 from .near_cache import NearCache
 from .runtime import ModelRuntime
@@ -240,8 +246,10 @@ class Services:
             else:
                 caches[name] = "miss"
         if works:
-            results = await asyncio.gather(*(self._submit(w, disconnected) for w in works.values()),
-                                           return_exceptions=True)
+            try:  # every model's work in one batch
+                results = await self.batcher.submit_many(list(works.values()), disconnected)
+            except Unavailable as exc:  # shed or shutting down: the events are stored anyway
+                results = [exc] * len(works)
             for name, result in zip(works, results):
                 caches[name] = self._event_outcome(name, result)
         for name in names:

@@ -211,3 +211,24 @@ def test_a_failing_work_does_not_fail_the_rest_of_its_batch(client, monkeypatch)
                                                   "WorkResult"]
     assert all(len(r.ranked[0]) == 5 for r in results if not isinstance(r, Exception))
     assert 'plr_errors_total{kind="batch_split"} 1.0' in client.get("/metrics").text
+
+
+def test_submit_many_leaves_in_one_batch_with_each_result_in_its_place():
+    calls = []
+
+    async def process(items):
+        calls.append(list(items))
+        return [ValueError("bad") if i == 2 else i * 10 for i in items]
+
+    async def go():
+        b = MicroBatcher(process, max_size=8, max_queue=3)
+        b.start()
+        out = await b.submit_many([1, 2, 3])
+        with pytest.raises(Overloaded):
+            await b.submit_many([4, 5, 6, 7])  # more than the queue holds: refused whole
+        await b.stop()
+        return out
+
+    out = asyncio.run(go())
+    assert calls == [[1, 2, 3]]
+    assert out[0] == 10 and isinstance(out[1], ValueError) and out[2] == 30

@@ -9,6 +9,9 @@ cache outcomes (precomputed|hit|extended|rebuilt|miss|bypass), errors and shed r
 
 from __future__ import annotations
 
+import gc
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Sub-millisecond to seconds: the interesting range of a stored user's answer is 0.05-20 ms.
@@ -41,7 +44,28 @@ class Metrics:
         self.ready = Gauge("plr_ready", "1 when models are warm and the store answers", registry=r)
         self.compiled = Gauge("plr_compiled_graphs", "Compiled engine graphs in use per model "
                               "(0 = eager fallback)", ["model"], registry=r)
+        self.gc_pause = Histogram(
+            "plr_gc_pause_seconds", "Cycle-collector pauses of this process (they stall the "
+            "event loop)", ["generation"], buckets=_LATENCY_BUCKETS, registry=r)
         self._children: dict[tuple, object] = {}
+        self._gc_started = 0.0
+
+    def watch_gc(self) -> None:
+        """Observe every cycle-collector pause of the process from now on (gc.callbacks)."""
+        def callback(phase: str, info: dict) -> None:
+            if phase == "start":
+                self._gc_started = time.perf_counter()
+            else:
+                self._child(self.gc_pause, str(info.get("generation"))).observe(
+                    time.perf_counter() - self._gc_started)
+
+        gc.callbacks.append(callback)
+        self._gc_callback = callback
+
+    def unwatch_gc(self) -> None:
+        callback = getattr(self, "_gc_callback", None)
+        if callback in gc.callbacks:
+            gc.callbacks.remove(callback)
 
     def _child(self, metric, *labels):
         """metric.labels(*labels), looked up once: labels() costs more than the observation."""

@@ -58,7 +58,9 @@ def make_client(models_dir, redis_url):
         # default batching; no compiled graphs (a build takes a minute: tests/inference does it)
         # compute inline on the event loop, as a one-core CPU server runs (tests that need the
         # compute thread ask for it)
-        values = dict(models_dir=models_dir, redis_url=redis_url, compile="off", compute="inline")
+        # (and the test process's garbage collector left as it is)
+        values = dict(models_dir=models_dir, redis_url=redis_url, compile="off", compute="inline",
+                      gc_freeze=False)
         values.update(overrides)
         app = create_app(Settings(**values))
         return stack.enter_context(TestClient(app, raise_server_exceptions=raise_server_exceptions))

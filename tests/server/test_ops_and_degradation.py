@@ -241,3 +241,11 @@ def test_shutdown_answers_503_not_500(client):
     response = client.post("/recommend", json={"history": ITEM_IDS[:3]})
     assert response.status_code == 503 and "shutting down" in response.text
     assert response.headers["retry-after"] == "1"
+
+
+def test_cycle_collector_pauses_are_measured(client):
+    import gc
+
+    gc.collect()
+    text = client.get("/metrics").text
+    assert 'plr_gc_pause_seconds_count{generation="2"}' in text

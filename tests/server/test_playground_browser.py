@@ -43,7 +43,7 @@ def chromium():
 def live(redis_server, **settings):
     redis_server.start()  # another test may have stopped it
     return LiveServer(create_app(Settings(models_dir=MODELS, redis_url=redis_server.url,
-                                          compile="off", **settings)))
+                                          compile="off", gc_freeze=False, **settings)))
 
 
 @pytest.fixture(scope="module")

@@ -330,18 +330,29 @@ class RedisStore(Store):
                                                   args)
         return UserView(int(n), tok.decode(), _views(views), applied=bool(applied))
 
-    def _write_call(self, w: StateWrite) -> tuple[list[str], list]:
-        keys = [hist_key(w.user_id), token_key(w.user_id), kv_key(w.user_id, w.model_version),
-                state_key(w.user_id, w.model_version)]
-        args = [w.length, w.token, w.kv_mode, w.kv_head, w.kv_payload, w.expected_head,
-                w.expected_strlen, w.state, self.kv_ttl]
+    def _write_call(self, group: list[StateWrite]) -> tuple[list[str], list]:
+        """One WRITE_STATE call for writes of one user computed for the same history."""
+        first = group[0]
+        keys = [hist_key(first.user_id), token_key(first.user_id)]
+        args: list = [first.length, first.token, self.kv_ttl]
+        for w in group:
+            keys += [kv_key(w.user_id, w.model_version), state_key(w.user_id, w.model_version)]
+            args += [w.kv_mode, w.kv_head, w.kv_payload, w.expected_head, w.expected_strlen,
+                     w.state]
         return keys, args
 
     async def write_states(self, writes: list[StateWrite]) -> list[tuple[bool, bool] | Exception]:
+        """Every write conditionally (WRITE_STATE): one script call per (user, history), all of
+        them in one round trip; a reply per write, in order: (cache written, state written), or
+        the exception of its call."""
         if not writes:
             return []
         script = _SCRIPTS["write"]
-        calls = [self._write_call(w) for w in writes]
+        groups: dict[tuple[str, int, str], list[int]] = {}
+        for i, w in enumerate(writes):  # a user's models, computed in one batch, write together
+            groups.setdefault((w.user_id, w.length, w.token), []).append(i)
+        members = list(groups.values())
+        calls = [self._write_call([writes[i] for i in group]) for group in members]
 
         async def run():
             if self.cluster:  # a cluster pipeline refuses EVALSHA: one call per user, at once
@@ -363,12 +374,12 @@ class RedisStore(Store):
             return replies
 
         replies = await self._guard(run)
-        out: list[tuple[bool, bool] | Exception] = []
-        for reply in replies:
-            if isinstance(reply, Exception):
-                out.append(self._failure(reply))
-            else:
-                out.append((bool(reply[0]), bool(reply[1])))
+        out: list[tuple[bool, bool] | Exception] = [None] * len(writes)  # type: ignore[list-item]
+        for group, reply in zip(members, replies):
+            failure = self._failure(reply) if isinstance(reply, Exception) else None
+            for n, i in enumerate(group):
+                out[i] = failure if failure is not None else (bool(reply[2 * n]),
+                                                              bool(reply[2 * n + 1]))
         return out
 
     async def delete_user(self, user_id: str, model_versions: list[str]) -> bool:

@@ -170,40 +170,51 @@ local tok = redis.call('GET', KEYS[2]) or ''
 return {applied, n, tok, views(n, tok, 4, false, 9)}
 """
 
-# Store what was computed for the history (n, tok): applies only while the history still has
-# that token and at least n entries (not deleted, replaced or trimmed since; appends are fine).
-# The cache is appended to (mode 'append': only if it is still exactly the value it extends) or
-# set (mode 'set': never over a cache of this history that covers more); likewise the state. An
+# Store what was computed for the history (n, tok), for one or more model versions of one user
+# (one script call per user and history, all its models at once): applies only while the history
+# still has that token and at least n entries (not deleted, replaced or trimmed since; appends are
+# fine). A cache is appended to (mode 'append': only if it is still exactly the value it extends)
+# or set (mode 'set': never over a cache of this history that covers more); likewise a state. An
 # equal-length value is replaced: the writer read it and found it unusable (corrupt), or another
-# server computed the same value. KEYS: hist, tok, kv, state
-# ARGV: n, tok, kv_mode (none|set|append), kv_head, kv_payload, expected_head, expected_strlen,
-#       state (whole value, '' = none), kv_ttl   ->  {kv written, state written}
+# server computed the same value. Envelopes are read with GETRANGE (32 bytes, never the value).
+# KEYS: hist, tok, then (kv, state) per write
+# ARGV: n, tok, kv_ttl, then per write: kv_mode (none|set|append), kv_head, kv_payload,
+#       expected_head, expected_strlen, state (whole value, '' = none)
+# -> {kv written, state written} per write, flattened
 WRITE_STATE = _COMMON + """
 local n = tonumber(ARGV[1])
-if redis.call('GET', KEYS[2]) ~= ARGV[2] or redis.call('LLEN', KEYS[1]) < n then return {0, 0} end
-local ttl = tonumber(ARGV[9])
-local kv_ok, st_ok = 0, 0
-local mode = ARGV[3]
-if mode == 'append' then
-  if redis.call('GETRANGE', KEYS[3], 0, 31) == ARGV[6]
-      and redis.call('STRLEN', KEYS[3]) == tonumber(ARGV[7]) then
-    redis.call('SETRANGE', KEYS[3], 0, ARGV[4])
-    redis.call('APPEND', KEYS[3], ARGV[5])
-    kv_ok = 1
+local current = redis.call('GET', KEYS[2]) == ARGV[2] and redis.call('LLEN', KEYS[1]) >= n
+local ttl = tonumber(ARGV[3])
+local out = {}
+for w = 0, (#KEYS - 2) / 2 - 1 do
+  local kv_key, st_key, a = KEYS[3 + 2 * w], KEYS[4 + 2 * w], 3 + 6 * w
+  local kv_ok, st_ok = 0, 0
+  if current then
+    local mode = ARGV[a + 1]
+    if mode == 'append' then
+      if redis.call('GETRANGE', kv_key, 0, 31) == ARGV[a + 4]
+          and redis.call('STRLEN', kv_key) == tonumber(ARGV[a + 5]) then
+        redis.call('SETRANGE', kv_key, 0, ARGV[a + 2])
+        redis.call('APPEND', kv_key, ARGV[a + 3])
+        kv_ok = 1
+      end
+    elseif mode == 'set' then
+      if covered(redis.call('GETRANGE', kv_key, 0, 31), 'PKV2', ARGV[2]) <= n then
+        redis.call('SET', kv_key, ARGV[a + 2] .. ARGV[a + 3])
+        kv_ok = 1
+      end
+    end
+    if kv_ok == 1 and ttl > 0 then redis.call('EXPIRE', kv_key, ttl) end
+    if ARGV[a + 6] ~= '' and covered(redis.call('GETRANGE', st_key, 0, 31), 'PST1', ARGV[2]) <= n then
+      redis.call('SET', st_key, ARGV[a + 6])
+      if ttl > 0 then redis.call('EXPIRE', st_key, ttl) end
+      st_ok = 1
+    end
   end
-elseif mode == 'set' then
-  if covered(redis.call('GET', KEYS[3]), 'PKV2', ARGV[2]) <= n then
-    redis.call('SET', KEYS[3], ARGV[4] .. ARGV[5])
-    kv_ok = 1
-  end
+  out[#out + 1] = kv_ok
+  out[#out + 1] = st_ok
 end
-if kv_ok == 1 and ttl > 0 then redis.call('EXPIRE', KEYS[3], ttl) end
-if ARGV[8] ~= '' and covered(redis.call('GET', KEYS[4]), 'PST1', ARGV[2]) <= n then
-  redis.call('SET', KEYS[4], ARGV[8])
-  if ttl > 0 then redis.call('EXPIRE', KEYS[4], ttl) end
-  st_ok = 1
-end
-return {kv_ok, st_ok}
+return out
 """
 
 # KEYS: every key of the user this server knows  ->  number deleted

@@ -197,6 +197,26 @@ def test_cache_writes_are_compare_and_set_and_never_go_backwards(redis_url, raw_
     assert 0 < raw_redis.ttl(kv_key("u", "v")) <= 60 and 0 < raw_redis.ttl(state_key("u", "v"))
 
 
+def test_one_users_models_write_in_one_call_and_each_write_gets_its_own_reply(redis_url,
+                                                                              raw_redis):
+    """Writes of one (user, history) share one script call (one token check for all models);
+    other users and stale histories in the same batch answer for themselves, in order."""
+    async def go(store):
+        u = await store.append_events("u", ["a"], "e1", [])
+        w = await store.append_events("w", ["a"], "e1", [])
+        await store.delete_user("w", [])  # w's writes now race a DELETE: all refused
+        return await store.write_states([
+            write(u, version="v1", kv=b"ONE"), write(w, version="v1"),
+            write(u, version="v2", kv=b"TWO", state=b""), write(w, version="v2")])
+
+    assert run(with_store(redis_url, go)) == [(True, True), (False, False), (True, False),
+                                               (False, False)]
+    assert raw_redis.get(kv_key("u", "v1"))[32:] == b"ONE"
+    assert raw_redis.get(kv_key("u", "v2"))[32:] == b"TWO"
+    assert raw_redis.exists(state_key("u", "v1"), state_key("u", "v2")) == 1
+    assert raw_redis.exists(kv_key("w", "v1"), kv_key("w", "v2")) == 0
+
+
 def test_history_keys_expire_together_and_reads_never_refresh_ttls(redis_url, raw_redis):
     async def go(store):
         view = await store.append_events("u", ["a"], "e1", ["v"])

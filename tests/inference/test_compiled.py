@@ -28,7 +28,7 @@ RTOL = 1e-5  # relative to each output's largest magnitude
 def packages(tmp_path_factory):
     model = make_model("plr", seed=3)
     root = tmp_path_factory.mktemp("compiled")
-    build_packages(model, "tiny-plr", root)
+    build_packages(model, "tiny-plr", root, autotune=False)  # autotune: minutes more
     return model, root
 
 
@@ -100,3 +100,17 @@ def test_missing_stale_or_broken_packages_are_refused_with_a_reason(packages, tm
     (copy / "append1.pt2").write_bytes(b"not a package")
     with pytest.raises(CompiledUnavailable, match="append1|pt2|zip"):
         load_graphs(model, "tiny-plr", tmp_path)
+
+
+def test_a_package_that_differs_from_eager_is_refused_at_build(packages):
+    """The build checks each package against its eager module (the fixture's build passed that
+    check); a module with other weights no longer matches the package and is refused."""
+    from model.inference.compiled import Append1, _detail_names, _verify, package_key
+
+    model, root = packages
+    path = str(root / package_key("tiny-plr") / "append1.pt2")
+    top = min(100, model.cfg.n_items)
+    _verify("append1", Append1(model, _detail_names(model), top).eval(), path, model.cfg)
+    other = make_model("plr", seed=4)
+    with pytest.raises(CompiledUnavailable, match="differs from eager"):
+        _verify("append1", Append1(other, _detail_names(other), top).eval(), path, other.cfg)

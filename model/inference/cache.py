@@ -9,6 +9,7 @@ bad bytes raise `CacheFormatError` (a ValueError), never a silently wrong cache.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 import zlib
@@ -35,6 +36,7 @@ class CacheFormatError(ValueError):
     """Stored cache bytes that are truncated, corrupted, or written for another model/layout."""
 
 
+@functools.lru_cache(maxsize=64)  # a server asks for the same few versions on every write
 def version_hash(model_version: str) -> bytes:
     return hashlib.sha256(model_version.encode()).digest()[:16]
 

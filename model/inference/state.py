@@ -128,6 +128,8 @@ def stored_answer(data: bytes, model_version: str, n_items: int,
 
 
 def _f32(t: Tensor) -> bytes:
+    if t.dtype is torch.float32 and t.device.type == "cpu" and not t.requires_grad:
+        return t.numpy().tobytes()  # what the engine hands over (tobytes copies in C order)
     return t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
 
 

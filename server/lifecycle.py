@@ -92,6 +92,7 @@ class AppState:
             max_in_flight=s.batch_max_in_flight, max_queue=s.max_queue,
             deadline_s=s.queue_timeout_ms / 1000, on_batch=self._observe_batch,
             on_shed=self._observe_shed,
+            direct=(lambda: self.metrics.requests_in_flight <= 1) if self.worker.inline else None,
         )
         self.batcher.start()
         self.services = Services(s, self.runtimes, self.store, self.batcher, self.writes,

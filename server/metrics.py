@@ -48,6 +48,7 @@ class Metrics:
             "plr_gc_pause_seconds", "Cycle-collector pauses of this process (they stall the "
             "event loop)", ["generation"], buckets=_LATENCY_BUCKETS, registry=r)
         self._children: dict[tuple, object] = {}
+        self.requests_in_flight = 0  # HTTP requests in flight now (MetricsMiddleware), as a plain int
         self._gc_started = 0.0
 
     def watch_gc(self) -> None:

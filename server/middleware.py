@@ -100,10 +100,13 @@ class MetricsMiddleware:
 
         self.in_flight += 1
         self.metrics.in_flight.set(self.in_flight)
+        self.metrics.requests_in_flight = self.in_flight
         try:
             await self.app(scope, receive, tracking_send)
         finally:
             self.in_flight -= 1
+            self.metrics.requests_in_flight = self.in_flight
+            self.metrics.in_flight.set(self.in_flight)
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
             self.metrics.request(scope["method"], path, str(status), time.perf_counter() - started)

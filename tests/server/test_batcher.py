@@ -232,3 +232,47 @@ def test_submit_many_leaves_in_one_batch_with_each_result_in_its_place():
     out = asyncio.run(go())
     assert calls == [[1, 2, 3]]
     assert out[0] == 10 and isinstance(out[1], ValueError) and out[2] == 30
+
+
+def test_an_idle_batcher_runs_a_lone_request_in_the_callers_task_and_queues_otherwise():
+    """direct(): the server's "only request in flight". Then a submission skips the collector
+    task (same task, no queue wait, still one counted batch); with it false, or with works
+    already queued, submissions are batched as before; errors reach the caller either way."""
+    tasks, batches = [], []
+
+    async def process(items):
+        tasks.append(asyncio.current_task())
+        if "boom" in items:
+            raise RuntimeError("boom")
+        return [ValueError("bad") if i == "bad" else i for i in items]
+
+    async def go():
+        alone = True
+        b = MicroBatcher(process, direct=lambda: alone,
+                         on_batch=lambda size, waits: batches.append((size, waits)))
+        b.start()
+        me = asyncio.current_task()
+        assert await b.submit(1) == 1 and tasks[-1] is me and batches[-1] == (1, [0.0])
+        assert await b.submit_many([2, "bad"]) == [2, ANY_VALUE_ERROR] and tasks[-1] is me
+        with pytest.raises(RuntimeError, match="boom"):
+            await b.submit("boom")
+        with pytest.raises(ValueError, match="bad"):
+            await b.submit("bad")
+        alone = False
+        assert await b.submit(3) == 3 and tasks[-1] is not me  # via the collector task
+        alone = True
+        together = await asyncio.gather(*(b.submit(i) for i in (4, 5, 6)))
+        await b.stop()
+        with pytest.raises(ShuttingDown):
+            await b.submit(7)  # closed: refused, direct or not
+        return together
+
+    assert asyncio.run(go()) == [4, 5, 6]
+
+
+class _AnyValueError:
+    def __eq__(self, other):
+        return isinstance(other, ValueError)
+
+
+ANY_VALUE_ERROR = _AnyValueError()

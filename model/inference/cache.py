@@ -210,6 +210,9 @@ class UserCache:
                 f"[{self.window_start}, {self.history_length}]"
             )
         first = from_history_length - self.window_start
+        last = self.chunks[-1]
+        if self.n_ctx - first <= last.shape[0]:  # an append's tail: no join of the older chunks
+            return encode_rows(self.items[first:], last[first - self.n_ctx + last.shape[0]:], dtype)
         return encode_rows(self.items[first:], self.rows[first:], dtype)
 
     def write_plan(self, previous: "UserCache | None", dtype: str = "fp32") -> tuple[str, bytes]:

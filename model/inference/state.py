@@ -143,5 +143,6 @@ def seen_union(before: np.ndarray | None, items) -> np.ndarray:
         at = int(np.searchsorted(before, items[0]))
         if at < before.size and before[at] == items[0]:
             return before
-        return np.insert(before, at, np.uint32(items[0]))
+        # concatenate, not np.insert: same result, without insert's ~10 us of argument handling
+        return np.concatenate((before[:at], np.array([items[0]], np.uint32), before[at:]))
     return np.union1d(before, np.asarray(items, dtype=np.uint32)).astype(np.uint32, copy=False)

@@ -48,3 +48,17 @@ def test_small_tensor_gelu_matches_the_fused_kernel_and_keeps_autograd():
     y = x.clone().requires_grad_()
     _gelu(y).sum().backward()  # the training path: ATen's kernel with its gradient
     assert y.grad is not None and torch.isfinite(y.grad).all()
+
+
+def test_seen_union_keeps_the_seen_items_sorted_and_unique():
+    import numpy as np
+
+    from model.inference.state import seen_union
+
+    before = np.array([2, 5, 9], np.uint32)
+    for items, want in (([5], [2, 5, 9]), ([1], [1, 2, 5, 9]), ([7], [2, 5, 7, 9]),
+                        ([10], [2, 5, 9, 10]), ([9, 1, 1], [1, 2, 5, 9]), ([], [2, 5, 9])):
+        got = seen_union(before, items)
+        assert got.dtype == np.uint32 and got.tolist() == want, items
+    assert seen_union(None, [4, 3, 4]).tolist() == [3, 4]
+    assert before.tolist() == [2, 5, 9]  # never modified in place

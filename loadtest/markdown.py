@@ -55,7 +55,8 @@ def _model_versions(server_models: dict) -> str:
     if not served:
         return "- Served models: not reported by GET /models."
     names = ", ".join(
-        f"{m['name']} (kind {m.get('kind')}, version {m.get('version')})" for m in served
+        f"{m['name']} (kind {m.get('kind')}, version {m.get('version')}, engine "
+        f"{(m.get('engine') or {}).get('mode', 'eager')})" for m in served
     )
     return f"- Served models (GET /models): {names}."
 
@@ -94,7 +95,7 @@ def _setup(ctx: dict, slo_ms: float, results: list[dict]) -> list[str]:
     ]
 
 
-def _headline(head: dict, models: list[str], goals: dict) -> list[str]:
+def _headline(head: dict, models: list[str], goals: dict, extra: list[list] = ()) -> list[str]:
     worst, worst99 = head["worst_p50_ratio"], head["worst_p99_ratio"]
     where = "both met the SLO" if head["ratio_rates_pass"] else "both ran (none passed both)"
     gp, ev = head["goodput"], head["events_length"]
@@ -121,10 +122,17 @@ def _headline(head: dict, models: list[str], goals: dict) -> list[str]:
             _met(ev["p50_ratio"], goals["events_length_ratio"]),
         ],
         [
-            "5xx responses, all steps",
+            "5xx responses, every step within capacity (at or below each target's goodput)",
             head["status_5xx"],
             "0",
             "yes" if head["status_5xx"] == 0 else "no",
+        ],
+        [
+            "503 (shed) responses past capacity: "
+            + (", ".join(head.get("overload_steps") or []) or "no such step"),
+            head.get("status_5xx_overload", 0),
+            "-",
+            "shed by design (503 + Retry-After)",
         ],
         ["errors (non-2xx, timeouts, drops), all steps", head["errors"], "-", "-"],
         [
@@ -134,6 +142,7 @@ def _headline(head: dict, models: list[str], goals: dict) -> list[str]:
             "yes" if not head["rate_misses"] else "no: " + ", ".join(head["rate_misses"]),
         ],
     ]
+    rows = list(extra) + rows
     return ["## Headline", ""] + _table(["measure", "value", "goal", "met"], rows) + [""]
 
 
@@ -303,6 +312,67 @@ def _stages(results: list[dict], models: list[str]) -> list[str]:
     )
 
 
+def _seq_row(seq: dict, route: str, target: str, c: int) -> dict | None:
+    return next((r for r in seq["rows"] if (r["route"], r["target"], r["concurrency"])
+                 == (route, target, c)), None)
+
+
+def _sequential_headline(seq: dict | None, models: list[str], goals: dict) -> list[list]:
+    """Headline rows of the closed-loop section (c=1 ratios to the floor, PLR/SASRec)."""
+    if not seq:
+        return []
+    a, b = (models + [None, None])[:2]
+    rows = []
+    for model in (a, b):
+        row = _seq_row(seq, "/recommend", model, 1)
+        ratio = row and row["vs_floor_p50"]
+        rows.append([f"{model} /recommend by user_id p50 / floor p50, closed loop c=1",
+                     _f(ratio, 2), f"<= {goals['recommend_vs_floor']}",
+                     _met(ratio, goals["recommend_vs_floor"])])
+    for c in seq["concurrencies"]:
+        ra, rb = _seq_row(seq, "/recommend", a, c), _seq_row(seq, "/recommend", b, c)
+        if ra and rb and ra["p50_ms"] and rb["p50_ms"]:
+            ratio = ra["p50_ms"] / rb["p50_ms"]
+            rows.append([f"{a}/{b} /recommend p50 ratio, closed loop c={c}", _f(ratio, 3),
+                         f"<= {goals['p50_ratio']}", _met(ratio, goals["p50_ratio"])])
+    ev = _seq_row(seq, "/events", "server", 1)
+    ratio = ev and ev["vs_floor_p50"]
+    rows.append(["/events (one item, stored user) p50 / floor p50, closed loop c=1",
+                 _f(ratio, 2), f"<= {goals['events_vs_floor']}",
+                 _met(ratio, goals["events_vs_floor"])])
+    return rows
+
+
+def _sequential(seq: dict | None) -> list[str]:
+    if not seq:
+        return []
+    rows = [[r["route"], r["target"], r["concurrency"], r["n"], _f(r["rps"], 0),
+             _f(r["p50_ms"], 3), _f(r["p90_ms"], 3), _f(r["p99_ms"], 3),
+             _f(r["vs_floor_p50"], 2), r["errors"]] for r in seq["rows"]]
+    lines = [
+        "## Closed loop, sequential: each answer before the next request",
+        "",
+        f"`loadtest/sequential.py`: {seq['users']} stored users (real histories of max_len items, "
+        "a cache and a precomputed state per model), `c` keep-alive connections each sending its "
+        f"next request when the answer arrives; targets alternate, {seq['rounds']} rounds of "
+        f"{seq['round_s']:g} s each, so the floor (the empty FastAPI app) is measured in the same "
+        "rounds. /recommend is by user_id, k=10; /events appends one item of the user's real "
+        "future (both models' caches and states advance).",
+        "",
+    ]
+    lines += _table(["route", "target", "c", "n", "req/s", "p50 ms", "p90 ms", "p99 ms",
+                     "p50 / floor", "errors"], rows)
+    stages = seq.get("stages") or []
+    if stages:
+        lines += ["", "Server stages over the closed-loop run (mean ms per observation, from the "
+                  "server's own histograms; `compute` is per work, one per model per event; "
+                  "`store_write` runs behind the answers):", ""]
+        lines += _table(["c", "series", "count", "mean ms", "p50 ms", "p99 ms"],
+                        [[s["concurrency"], s["labels"], int(s["count"]), _f(s["mean"], 3),
+                          _f(s["p50"], 3), _f(s["p99"], 3)] for s in stages])
+    return lines + [""]
+
+
 def render(results: list[dict], ctx: dict, head: dict, slo_ms: float, goals: dict) -> str:
     models = ctx["models"]
     lines = [
@@ -317,7 +387,10 @@ def render(results: list[dict], ctx: dict, head: dict, slo_ms: float, goals: dic
             "from `--mode full`.**",
             "",
         ]
-    lines += _setup(ctx, slo_ms, results) + _headline(head, models, goals)
+    lines += _setup(ctx, slo_ms, results) + _headline(head, models, goals,
+                                                      _sequential_headline(ctx.get("sequential"),
+                                                                           models, goals))
+    lines += _sequential(ctx.get("sequential"))
     if any(r["step"]["group"] in ("ladder", "floor") for r in results):
         lines += ["![latency vs rate](latency/latency_vs_rate.png)", ""]
     lines += _ladder(

@@ -49,7 +49,8 @@ MODES = {
         floor=(100, 200, 400, 800, 1600), cache_rates=(20,), length_rate=40, length_repeats=1,
     ),
     "full": Mode(
-        warmup_s=10.0, measure_s=30.0, ladder=(10, 20, 40, 60, 80, 120, 160, 240, 320, 480, 640),
+        warmup_s=10.0, measure_s=30.0,
+        ladder=(10, 20, 40, 60, 80, 120, 160, 240, 320, 480, 640, 800, 960, 1280),
         floor=(40, 80, 160, 320, 480, 640, 960, 1280, 1920), cache_rates=(20, 40),
         length_rate=40, length_repeats=2,
     ),

@@ -17,7 +17,8 @@ from model.experiments.hardware import cpu_model
 from loadtest.procs import REPO
 from loadtest.stats import QUANTILES, goodput, rate_matches, ratio
 
-GOALS = {"p50_ratio": 1.06, "goodput_fraction": 0.40, "events_length_ratio": 1.2}
+GOALS = {"p50_ratio": 1.06, "goodput_fraction": 0.40, "events_length_ratio": 1.2,
+         "recommend_vs_floor": 2.5, "events_vs_floor": 5.0}
 
 
 def _by_group(results, group):
@@ -120,6 +121,17 @@ def headline(results: list[dict], models: list[str], slo_ms: float) -> dict:
         if not rate_matches(r["summary"]["offered_rate"], r["summary"]["achieved_rate"])
     ]
     ratios = model_ratios(results, models)
+
+    def overload(r) -> bool:
+        """A ladder step above its target's goodput: past capacity, where shedding (503) is the
+        designed answer (docs/api.md, Overload)."""
+        key = r["step"]["model"] or "empty"
+        capacity = gp.get(key)
+        return r["step"]["group"] in ("ladder", "floor") and (
+            capacity is None or r["step"]["rate"] > capacity)
+
+    within = [r for r in results if not overload(r)]
+    over = [r for r in results if overload(r)]
     return worst_ratios(ratios) | {
         "ratios": ratios,
         "goodput": gp,
@@ -133,7 +145,9 @@ def headline(results: list[dict], models: list[str], slo_ms: float) -> dict:
             ),
         },
         "cache": cache_comparison(results),
-        "status_5xx": sum(r["summary"]["status_5xx"] for r in results),
+        "status_5xx": sum(r["summary"]["status_5xx"] for r in within),
+        "status_5xx_overload": sum(r["summary"]["status_5xx"] for r in over),
+        "overload_steps": [r["step"]["name"] for r in over],
         "errors": sum(r["summary"]["errors"] for r in results),
         "steps": len(results),
         "rate_misses": rate_misses,

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from loadtest import plan, procs, prom, report
+from loadtest import plan, procs, prom, report, sequential
 from loadtest.plan import MODES, Step
 from loadtest.stats import parse_locust_stats, passes_slo, read_request_rows, summarize_step
 from loadtest.workload import build_workload, dataset_sequences, default_specs, save_workload
@@ -33,7 +33,10 @@ def parse_args(argv=None):
     p.add_argument("--slo-ms", type=float, default=25.0)
     p.add_argument("--run-dir", type=Path, default=None, help="default runs/loadtest/<mode>")
     p.add_argument("--docs", type=Path, default=procs.REPO / "docs", help="writes latency.md there")
-    p.add_argument("--groups", default="ladder,cache,length,floor", help="subset of step groups")
+    p.add_argument("--groups", default="sequential,ladder,cache,length,floor",
+                   help="subset of step groups")
+    p.add_argument("--compiled-dir", type=Path, default=procs.REPO / "artifacts" / "compiled",
+                   help="compiled engine graphs; built first if missing (the server only loads)")
     p.add_argument("--server-cpus", default="0", help="'' = no pinning")
     p.add_argument("--locust-cpus", default="1")
     p.add_argument(
@@ -126,6 +129,9 @@ class Servers:
             "PLR_HOST": "127.0.0.1",
             "PLR_PORT": str(self.server_port),
             "PLR_LOG_LEVEL": "warning",
+            # Built before the run (build_graphs): a build during a step would compete for the core.
+            "PLR_COMPILE": "load",
+            "PLR_COMPILED_DIR": str(self.args.compiled_dir),
         })
         env.pop("REDIS_URL", None)  # the embedded Redis, started by the server on its core
         self.server = procs.spawn(self.args.server_cmd.split(), self.logs / "server.log", env, cpus)
@@ -257,6 +263,35 @@ def run_ladder(run, mode, models: list[str], target: str, rates) -> None:
             return
 
 
+def build_graphs(args, models_dir: Path) -> None:
+    """Compiled graphs of the served models, built now (minutes, once per model version)."""
+    cmd = [sys.executable, "-m", "model.inference.compiled", "--models-dir", str(models_dir),
+           "--out", str(args.compiled_dir)]
+    print("building compiled graphs (skipped where present):", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=procs.REPO, env=procs.single_thread_env(),
+                   stdout=subprocess.DEVNULL)
+
+
+def run_sequential(servers: Servers, workload: dict, models: list[str], mode,
+                   run_dir: Path) -> dict:
+    """The closed-loop section (saved like a step: a rerun reuses it unless --fresh)."""
+    path = run_dir / "steps" / "sequential.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    rounds, round_s = (5, 4.0) if mode.measure_s >= 30 else (2, 2.0)
+    load_before = os.getloadavg()[0]
+    result = sequential.run(servers.url("server"), servers.url("empty"), workload, models,
+                            rounds=rounds, round_s=round_s, metrics=servers.metrics)
+    result["loadavg_1m"] = [load_before, os.getloadavg()[0]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    for row in result["rows"]:
+        print(f"sequential c={row['concurrency']} {row['route']:<10} {row['target']:<8} "
+              f"p50 {_ms(row['p50_ms'])} p99 {_ms(row['p99_ms'])} "
+              f"x floor {row['vs_floor_p50'] or 0:5.2f}", flush=True)
+    return result
+
+
 def run_plan(run: StepRunner, mode, models: list[str], groups: set[str]) -> None:
     if "ladder" in groups:
         run_ladder(run, mode, models, "server", mode.ladder)
@@ -282,11 +317,16 @@ def main(argv=None):
     run_id = time.strftime("%H%M%S")
     servers = Servers(args, run_dir, models)
     started = time.monotonic()
+    groups = set(args.groups.split(","))
+    seq = None
     try:
+        build_graphs(args, servers.models_dir)
         servers.start()
         server_models = servers.models()
+        if "sequential" in groups:
+            seq = run_sequential(servers, workload, models, mode, run_dir)
         run = StepRunner(servers, workload_path, run_dir, args, run_id)
-        run_plan(run, mode, models, set(args.groups.split(",")))
+        run_plan(run, mode, models, groups)
     finally:
         servers.stop()
     context = report.run_context(
@@ -302,6 +342,7 @@ def main(argv=None):
     )
     context["steps"] = {"run": len(run.results) - run.reused, "reused": run.reused,
                         "steps_wall_s": round(sum(r.get("wall_s", 0) for r in run.results), 1)}
+    context["sequential"] = seq
     out = report.write_report(run.results, context, args.docs, args.slo_ms)
     print(f"wrote {out}")
 

@@ -142,6 +142,17 @@ def _load_model(path: Path, config: ModelConfig) -> nn.Module:
     return model
 
 
+def checkpoint_dirs(models_dir: Path) -> list[Path]:
+    """Every checkpoint directory under models_dir (hidden ones are in-progress writes)."""
+    models_dir = Path(models_dir)
+    if not models_dir.is_dir():
+        raise ValueError(f"models directory {models_dir} does not exist (set PLR_MODELS_DIR)")
+    dirs = sorted(p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not dirs:
+        raise ValueError(f"no checkpoints in {models_dir}: train one first (see README)")
+    return dirs
+
+
 def load(path, device="cpu") -> Checkpoint:
     """Read a checkpoint directory written by `save_checkpoint`; the model is in eval mode."""
     path = Path(path)

@@ -185,8 +185,8 @@ def _gelu(x: Tensor) -> Tensor:
     arithmetic: ATen's fused CPU GELU kernel costs ~10 us even on a few hundred values (erf alone
     ~1.3 us), the most expensive op of a one-item step. Large tensors (prefills, training) keep
     the fused kernel, which wins once memory passes dominate. Same formula, float rounding aside."""
-    if x.requires_grad or x.numel() > 8192 or x.device.type != "cpu":
-        return F.gelu(x)
+    if torch.compiler.is_compiling() or x.requires_grad or x.numel() > 8192 or x.device.type != "cpu":
+        return F.gelu(x)  # (compiling: one path for every shape, no size-dependent guard)
     y = torch.erf(x * 0.7071067811865476)
     return y.add_(1.0).mul_(x).mul_(0.5)
 

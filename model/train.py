@@ -414,6 +414,9 @@ def main(argv=None) -> dict:
         print(json.dumps({"out": args.out, "version": version, "test": metrics["test"], **summary},
                          indent=2))
     if dist.is_initialized():
+        # Every rank waits for rank 0's evaluation and checkpoint: a rank that tore its process
+        # group down while rank 0 still held it open aborted at exit now and then (gloo).
+        dist.barrier()
         dist.destroy_process_group()
     return metrics
 

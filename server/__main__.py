@@ -22,7 +22,7 @@ def main() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.workers == 1:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                    log_level=settings.log_level)
+                    log_level=settings.log_level, access_log=settings.access_log)
         return
     embedded = None
     if settings.redis_url is None:
@@ -31,7 +31,8 @@ def main() -> None:
         os.environ["REDIS_URL"] = embedded.url  # inherited by the worker processes
     try:
         uvicorn.run("server.app:create_app", factory=True, host=settings.host,
-                    port=settings.port, workers=settings.workers, log_level=settings.log_level)
+                    port=settings.port, workers=settings.workers, log_level=settings.log_level,
+                    access_log=settings.access_log)
     finally:
         if embedded:
             embedded.close()

@@ -1,8 +1,9 @@
 """`create_app(settings)`: the one place that wires routers, middleware and error mapping.
 
 Domain errors map to HTTP here and nowhere else: InputError -> 422 (field + limit), UnknownModel /
-UnknownUser -> 404, StoreUnavailable -> 503 + Retry-After, oversized body -> 413, missing API key
--> 401. Anything else is a bug: logged, counted, answered 500 without internals.
+UnknownUser -> 404, Unavailable (store trouble, overload, shutdown) -> 503 + Retry-After, oversized
+body -> 413, missing API key -> 401, too many requests in flight -> 503 (middleware). Anything else
+is a bug: logged, counted, answered 500 without internals.
 """
 
 from __future__ import annotations
@@ -10,14 +11,16 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
-from .errors import InputError, StoreUnavailable, UnknownModel, UnknownUser
+from .deps import require_api_key
+from .errors import InputError, StoreUnavailable, Unavailable, UnknownModel, UnknownUser
 from .lifecycle import AppState
 from .middleware import BodyLimitMiddleware, MetricsMiddleware
-from .routes import events, ops, recommend, users
+from .routes import events, items, ops, playground, recommend, users
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,14 +46,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="PLR recommender", version="1.0", description=DESCRIPTION,
                   lifespan=lifespan)
     app.state.plr = state
-    for router in (recommend.router, events.router, users.router, ops.models_router,
-                   ops.probes_router):
+    # The API key check is attached only when a key is set: a no-op dependency still costs every
+    # request FastAPI's dependency resolution.
+    guarded = [Depends(require_api_key)] if settings.api_key else []
+    for router in (recommend.router, events.router, users.router, items.router,
+                   ops.models_router):
+        app.include_router(router, dependencies=guarded)
+    for router in (ops.probes_router, playground.router):
         app.include_router(router)
+    app.mount("/static", StaticFiles(directory=playground.STATIC_DIR), name="static")
     _register_errors(app, state)
     # The last added is the outermost: metrics see every response, 413s included; the size
     # limit still applies before anything reads the body.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics,
+                       max_concurrency=settings.max_concurrency)
     return app
 
 
@@ -83,9 +93,11 @@ def _register_errors(app: FastAPI, state: AppState) -> None:
         count("not_found")
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
-    @app.exception_handler(StoreUnavailable)
-    async def store_down(request: Request, exc: StoreUnavailable):
-        count("store_unavailable")
+    @app.exception_handler(Unavailable)
+    async def unavailable(request: Request, exc: Unavailable):
+        count(exc.kind)
+        if isinstance(exc, StoreUnavailable):
+            count(f"store_{exc.reason}")
         return JSONResponse({"detail": str(exc)}, status_code=503,
                             headers={"Retry-After": str(exc.retry_after)})
 

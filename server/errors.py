@@ -38,9 +38,40 @@ class UnknownUser(ServiceError):
         super().__init__(f"no stored history for user {user_id!r}")
 
 
-class StoreUnavailable(ServiceError):
-    """503: the store is unreachable and the request needs it."""
+class Unavailable(ServiceError):
+    """503 + Retry-After: the request is fine but cannot be served right now; `kind` names why
+    (the metric label of plr_errors_total)."""
 
-    def __init__(self, retry_after_s: float = 1.0):
-        super().__init__("the user store is unavailable; retry later")
+    kind = "unavailable"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
         self.retry_after = max(1, math.ceil(retry_after_s))
+
+
+class StoreUnavailable(Unavailable):
+    """The store is unreachable (`reason` "unreachable" / "breaker_open") or answered an error
+    (OOM, BUSY, READONLY, an error reply) and the request needs it."""
+
+    kind = "store_unavailable"
+
+    def __init__(self, retry_after_s: float = 1.0, reason: str = "unreachable"):
+        super().__init__(f"the user store is unavailable ({reason}); retry later", retry_after_s)
+        self.reason = reason
+
+
+class Overloaded(Unavailable):
+    """Shed: the compute queue is full, or the request waited past its deadline."""
+
+    kind = "overloaded"
+
+    def __init__(self, why: str):
+        super().__init__(f"server overloaded ({why}); retry later")
+        self.why = why
+
+
+class ShuttingDown(Unavailable):
+    kind = "shutting_down"
+
+    def __init__(self):
+        super().__init__("server is shutting down; retry on another instance")

@@ -1,9 +1,10 @@
 """What one app owns between startup and shutdown: models, store, batchers, metrics.
 
 `start()` loads every checkpoint once (off the event loop), warms each engine up, opens the store
-(starting an embedded redis-server when no REDIS_URL is set) and starts one micro-batcher per
-model; the server is ready only after all of that. `stop()` undoes it in reverse order. The store
-may be down at startup: the server still starts and /readyz says so until Redis answers.
+(starting an embedded redis-server when no REDIS_URL is set) and starts the micro-batcher that
+feeds the one compute thread; the server is ready only after all of that. `stop()` answers queued
+work 503, finishes the batches in flight, flushes the writes behind them, then closes the store.
+The store may be down at startup: the server still starts and /readyz says so until Redis answers.
 """
 
 from __future__ import annotations
@@ -11,17 +12,30 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from .batcher import MicroBatcher
+from .batcher import ComputeWorker, MicroBatcher
+from .compute import ComputePipeline
 from .embedded_redis import EmbeddedRedis
 from .errors import StoreUnavailable
+from .graphs import GraphManager
 from .metrics import Metrics
-from .pipeline import BatchPipeline
+from .near_cache import NearCache
 from .runtime import ModelRuntime, load_runtimes
 from .services import Services
 from .settings import Settings
-from .store import RedisStore
+from .store import IdempotencyPolicy, RedisStore
+from .write_behind import WriteBehind
 
 log = logging.getLogger(__name__)
+
+
+def compute_inline(settings: Settings, runtimes: dict[str, ModelRuntime]) -> bool:
+    """settings.compute, with "auto" resolved: inline for CPU engines on one torch thread."""
+    if settings.compute != "auto":
+        return settings.compute == "inline"
+    import torch
+
+    cpu = all(rt.engine.device.type == "cpu" for rt in runtimes.values())
+    return cpu and torch.get_num_threads() == 1
 
 
 class AppState:
@@ -32,13 +46,20 @@ class AppState:
         self.embedded: EmbeddedRedis | None = None
         self.store: RedisStore | None = None
         self.services: Services | None = None
+        self.worker: ComputeWorker | None = None
+        self.batcher: MicroBatcher | None = None
+        self.writes = WriteBehind()
+        self.graphs: GraphManager | None = None
         self.warm = False
 
     async def start(self) -> None:
         s = self.settings
         self.runtimes = await asyncio.to_thread(load_runtimes, s)
+        self.worker = ComputeWorker(inline=compute_inline(s, self.runtimes))
+        self.graphs = GraphManager(s, self.runtimes, self.worker, self.metrics)
+        await self.graphs.start()
         for rt in self.runtimes.values():
-            await rt.worker.run(rt.warm_up)
+            await self.worker.run(rt.warm_up)
         url = s.redis_url
         if url is None:
             self.embedded = await asyncio.to_thread(
@@ -50,23 +71,29 @@ class AppState:
             url, cluster=s.redis_cluster, timeout_s=s.redis_timeout_s,
             kv_ttl_seconds=s.kv_ttl_seconds, history_ttl_seconds=s.history_ttl_seconds,
             max_stored_history=s.max_stored_history,
+            idempotency=IdempotencyPolicy(s.idempotency_window_s, s.idempotency_max_ids),
         )
-        for rt in self.runtimes.values():
-            rt.batcher = MicroBatcher(
-                BatchPipeline(rt, self.store, self.metrics, s.kv_dtype),
-                max_size=s.batch_max_size, max_wait_s=s.batch_max_wait_ms / 1000,
-                max_in_flight=s.batch_max_in_flight,
-                on_batch=self._observer(rt.name),
-            )
-            rt.batcher.start()
-        self.services = Services(s, self.runtimes, self.store)
+        near = NearCache(s.near_cache_mb << 20)
+        self.batcher = MicroBatcher(
+            ComputePipeline(self.worker, self.store, self.writes, self.metrics, s.kv_dtype, near),
+            max_size=s.batch_max_size, max_wait_s=s.batch_max_wait_ms / 1000,
+            max_in_flight=s.batch_max_in_flight, max_queue=s.max_queue,
+            deadline_s=s.queue_timeout_ms / 1000, on_batch=self._observe_batch,
+            on_shed=self._observe_shed,
+        )
+        self.batcher.start()
+        self.services = Services(s, self.runtimes, self.store, self.batcher, self.writes,
+                                 self.metrics, self.graphs, near)
         self.warm = True
 
-    def _observer(self, model: str):
-        def observe(size: int, waits: list[float]) -> None:
-            for wait in waits:
-                self.metrics.stage(model, "queue_wait", wait)
-        return observe
+    def _observe_batch(self, size: int, waits: list[float]) -> None:
+        self.metrics.batch(size)
+        for wait in waits:
+            self.metrics.stage("compute", "all", "queue_wait", wait)
+        self.metrics.queue_depth.set(self.batcher.depth if self.batcher else 0)
+
+    def _observe_shed(self, why: str) -> None:
+        self.metrics.error(f"shed_{why}")
 
     async def ready(self) -> dict[str, bool]:
         store_ok = False
@@ -81,10 +108,13 @@ class AppState:
 
     async def stop(self) -> None:
         self.warm = False
-        for rt in self.runtimes.values():
-            if rt.batcher:
-                await rt.batcher.stop()
-            rt.worker.close()
+        if self.graphs:
+            await self.graphs.stop()
+        if self.batcher:
+            await self.batcher.stop()
+        await self.writes.drain()
+        if self.worker:
+            self.worker.close()
         if self.store:
             await self.store.close()
         if self.embedded:

@@ -1,4 +1,4 @@
-"""Loaded models: one `ModelRuntime` per checkpoint directory (checkpoint + engine + compute thread).
+"""Loaded models: one `ModelRuntime` per checkpoint directory (checkpoint + engine + id maps).
 
 `load_runtimes(settings)` loads every subdirectory of `models_dir` once (hidden directories are
 in-progress checkpoint writes and skipped) and raises ValueError naming a bad directory or a
@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.checkpoint import Checkpoint, load
+from model.checkpoint import Checkpoint, checkpoint_dirs, load
 from model.inference import Engine, RecRequest
 
-from .batcher import ComputeWorker, MicroBatcher
+from .catalog import Catalog
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,11 +28,12 @@ class ModelRuntime:
     name: str
     checkpoint: Checkpoint
     engine: Engine
-    worker: ComputeWorker
     known: frozenset[str] = field(default_factory=frozenset)
     index: dict[str, int] = field(default_factory=dict)  # external id -> vocab index (known ids)
     by_popularity: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    batcher: MicroBatcher | None = None  # attached by the app once the store exists
+    ids: list[str] = field(default_factory=list)  # vocab index -> external id (0 = padding)
+    titles: list[str | None] = field(default_factory=list)  # vocab index -> title or None
+    catalog: Catalog = field(default_factory=lambda: Catalog([]))  # title search (GET /items)
 
     @property
     def version(self) -> str:
@@ -55,14 +56,12 @@ class ModelRuntime:
         get = self.index.get  # one pass; the same answer as vocab.to_index of the known ids
         return [j for j in map(get, item_ids) if j is not None]
 
-    def count_known(self, item_ids: list[str], n: int) -> int:
-        return sum(1 for i in item_ids[:n] if i in self.known)
-
     def external(self, indices) -> list[str]:
-        return self.checkpoint.vocab.to_external(indices)
+        ids = self.ids
+        return [ids[i] for i in indices]
 
     def title(self, index: int) -> str | None:
-        return self.checkpoint.titles.get(int(index))
+        return self.titles[index]
 
     def warm_up(self) -> None:
         request = RecRequest(history=[1], cache=None, k=1, exclude_seen=False, explain=True)
@@ -77,15 +76,6 @@ def resolve_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
-def checkpoint_dirs(models_dir: Path) -> list[Path]:
-    if not models_dir.is_dir():
-        raise ValueError(f"models directory {models_dir} does not exist (set PLR_MODELS_DIR)")
-    dirs = sorted(p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not dirs:
-        raise ValueError(f"no checkpoints in {models_dir}: train one first (see README)")
-    return dirs
-
-
 def load_runtime(path: Path, device: torch.device) -> ModelRuntime:
     try:
         ckpt = load(path, device=device)
@@ -93,14 +83,21 @@ def load_runtime(path: Path, device: torch.device) -> ModelRuntime:
         raise ValueError(f"cannot load model {path.name!r}: {exc}") from exc
     order = np.argsort(-ckpt.popularity[1:], kind="stable") + 1  # most popular first, no padding
     ids = ckpt.vocab.external_ids
+    indices = ckpt.vocab.to_index(ids).tolist()
+    by_index: list[str] = [""] * (ckpt.config.n_items + 1)
+    for item_id, index in zip(ids, indices):
+        by_index[index] = item_id
+    titles = [ckpt.titles.get(i) for i in range(ckpt.config.n_items + 1)]
     return ModelRuntime(
         name=path.name,
         checkpoint=ckpt,
         engine=Engine(ckpt.model, ckpt.version, device=device),
-        worker=ComputeWorker(path.name),
         known=frozenset(ids),
-        index=dict(zip(ids, ckpt.vocab.to_index(ids).tolist())),
+        index=dict(zip(ids, indices)),
         by_popularity=order,
+        ids=by_index,
+        titles=titles,
+        catalog=Catalog.build(ckpt.vocab.to_external(order), ckpt.titles, order),
     )
 
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints,
 USER_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=256)] | StrictInt
-CacheOutcome = Literal["hit", "extended", "rebuilt", "miss", "bypass"]
+CacheOutcome = Literal["precomputed", "hit", "extended", "rebuilt", "miss", "bypass"]
 
 
 def item_strs(item_ids: list[str | int] | None) -> list[str] | None:
@@ -139,6 +139,14 @@ class DeleteUserResponse(BaseModel):
     deleted: bool
 
 
+class EngineInfo(BaseModel):
+    mode: Literal["compiled", "eager", "building"] = Field(
+        description="compiled: ahead-of-time compiled graphs serve small batches; eager: plain "
+                    "PyTorch (graphs off, missing or not loadable: see detail); building: being "
+                    "compiled in the background, eager until then")
+    detail: str
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str
@@ -147,6 +155,7 @@ class ModelInfo(BaseModel):
     n_items: int
     config: dict
     metrics: dict
+    engine: EngineInfo | None = None
 
 
 class ModelsResponse(BaseModel):
@@ -157,3 +166,28 @@ class ModelsResponse(BaseModel):
 class HealthResponse(BaseModel):
     status: str
     checks: dict[str, bool] = {}
+
+
+class CatalogItemInfo(BaseModel):
+    item_id: str
+    title: str | None = Field(description="null when the dataset has no title for the item")
+    popularity_rank: int = Field(description="1 = the item with the most training interactions")
+
+
+class ItemsResponse(BaseModel):
+    model: str
+    total: int = Field(description="items matching q (or ids given); `items` is one page of them")
+    limit: int
+    offset: int
+    items: list[CatalogItemInfo]
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"model": "plr", "total": 3, "limit": 20, "offset": 0, "items": [
+                    {"item_id": "50", "title": "Star Wars (1977)", "popularity_rank": 1},
+                    {"item_id": "172", "title": "Empire Strikes Back, The (1980)",
+                     "popularity_rank": 10}]}
+            ]
+        }
+    )

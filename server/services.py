@@ -1,39 +1,78 @@
-"""The request-level operations behind the routes: validate against models and limits, run a job
-through the model's micro-batcher, shape the answer. Raises only `server.errors` types.
+"""The request-level operations behind the routes. Raises only `server.errors` types.
 
-recommend(): user_id only -> stored history; user_id + history -> the request's history is stored
-(extended or replaced) first; history only or use_cache=False -> computed from scratch, nothing read
-or written. No usable history -> popularity, flagged. append_events(): all or nothing, once per
-event_id, then existing caches of every loaded model are extended (settings.events_extend_cache).
+recommend() decides the request's `Mode` once, where it is understood:
+- STORED (user_id): the stored history. When the user's precomputed state covers it, the answer
+  is that state ranked ("precomputed": one small Redis read, no model pass, no K/V read); else the
+  model computes from the stored cache (or history) and the new cache and state are stored.
+- AUTHORITATIVE (user_id + history): the request's history is stored first (extended when the
+  stored one is a prefix, else replaced), then as STORED.
+- STATELESS (history only), UNCACHED (use_cache false): computed from scratch; no cache or state
+  is read or written.
+No usable history -> popularity, flagged. append_events(): all or nothing, once per event_id, then
+every loaded model's existing cache and state advance in one batch (settings.events_extend_cache);
+a user without a cache gets none built here. Writes of computed states are behind the answers.
 """
 
 from __future__ import annotations
 
-import asyncio
-import uuid
-from dataclasses import dataclass
+import enum
+import logging
+import time
+from dataclasses import asdict
+from collections.abc import Awaitable, Callable
 
-from .errors import InputError, StoreUnavailable, UnknownItems, UnknownModel, UnknownUser
-from .pipeline import Job, JobResult
+from model.inference import StateFormatError, UserState
+from model.inference.state import stored_answer
+
+from .batcher import MicroBatcher
+from .compute import RankSpec, Work, WorkResult
+from .envelope import ENVELOPE_LEN
+from .errors import (
+    InputError,
+    StoreUnavailable,
+    Unavailable,
+    UnknownItems,
+    UnknownModel,
+    UnknownUser,
+)
+from .metrics import Metrics
+from .near_cache import NearCache
 from .runtime import ModelRuntime
+from .schemas import EventsRequest, RecommendRequest, item_strs
 from .settings import Settings
-from .store import Store
+from .store import Store, UserView
+from .write_behind import WriteBehind
+
+log = logging.getLogger(__name__)
+Disconnected = Callable[[], Awaitable[bool]] | None
 
 
-@dataclass
-class RecommendQuery:
-    user_id: str | None
-    history: list[str] | None
-    k: int = 10
-    model: str | None = None
-    exclude_seen: bool = True
-    use_cache: bool = True
-    explain: bool = False
+class Mode(enum.Enum):
+    STORED = "stored"
+    AUTHORITATIVE = "authoritative"
+    STATELESS = "stateless"
+    UNCACHED = "uncached"
+
+    @classmethod
+    def of(cls, body: RecommendRequest) -> "Mode":
+        if body.user_id is None:
+            return cls.STATELESS
+        if not body.use_cache:
+            return cls.UNCACHED
+        return cls.STORED if body.history is None else cls.AUTHORITATIVE
+
+
+MAX_LOOKUP_IDS = 100  # GET /items?ids=: one page's worth (the largest `limit`)
 
 
 class Services:
-    def __init__(self, settings: Settings, runtimes: dict[str, ModelRuntime], store: Store):
+    def __init__(self, settings: Settings, runtimes: dict[str, ModelRuntime], store: Store,
+                 batcher: MicroBatcher, writes: WriteBehind, metrics: Metrics, graphs=None,
+                 near: NearCache | None = None):
         self.settings, self.runtimes, self.store = settings, runtimes, store
+        self.batcher, self.writes, self.metrics = batcher, writes, metrics
+        self.graphs = graphs  # GraphManager: each engine's compiled / eager status
+        self.near = near if near is not None else NearCache(0)
 
     def runtime(self, name: str | None) -> ModelRuntime:
         name = name or self.settings.default_model
@@ -42,62 +81,134 @@ class Services:
         return self.runtimes[name]
 
     # -- recommend ------------------------------------------------------------------------------
-    async def recommend(self, q: RecommendQuery) -> dict:
-        rt = self.runtime(q.model)
-        self._check_recommend(q, rt)
-        job = Job(
-            kind="recommend", user_id=q.user_id, history=q.history,
-            stateful=q.user_id is not None and q.use_cache,
-            read_history=q.user_id is not None and not q.use_cache and q.history is None,
-            k=q.k, exclude_seen=q.exclude_seen, explain=q.explain,
-        )
-        result: JobResult = await rt.batcher.submit(job)
-        return self._answer(q, rt, result)
+    async def recommend(self, body: RecommendRequest, disconnected: Disconnected = None) -> dict:
+        rt = self.runtime(body.model)
+        history = item_strs(body.history)
+        self._check_recommend(body.k, history, rt)
+        spec = RankSpec(body.k, body.exclude_seen, body.explain)
+        mode = Mode.of(body)
+        if mode is Mode.STATELESS:
+            return await self._from_history(body, rt, history, spec, disconnected)
+        if mode is Mode.UNCACHED:
+            if history is None:
+                history = await self.store.get_history(body.user_id)
+            return await self._from_history(body, rt, history, spec, disconnected)
+        return await self._stateful(body, rt, history, spec, disconnected)
 
-    def _check_recommend(self, q: RecommendQuery, rt: ModelRuntime) -> None:
+    def _check_recommend(self, k: int, history: list[str] | None, rt: ModelRuntime) -> None:
         limit_k = min(self.settings.max_k, rt.n_items)
-        if q.k > limit_k:
-            raise InputError(("body", "k"), f"k is {q.k}; the limit is {limit_k} "
+        if k > limit_k:
+            raise InputError(("body", "k"), f"k is {k}; the limit is {limit_k} "
                              f"(max_k {self.settings.max_k}, model {rt.name!r} has {rt.n_items} items)",
                              "less_than_equal")
-        if q.history is not None:
-            if len(q.history) > self.settings.max_history:
-                raise InputError(("body", "history"), f"history has {len(q.history)} items; "
+        if history is not None:
+            if len(history) > self.settings.max_history:
+                raise InputError(("body", "history"), f"history has {len(history)} items; "
                                  f"the limit is {self.settings.max_history}", "too_long")
-            unknown = rt.unknown(q.history)
+            unknown = rt.unknown(history)
             if unknown:
                 raise UnknownItems(("body", "history"), unknown, rt.name)
 
-    def _answer(self, q: RecommendQuery, rt: ModelRuntime, r: JobResult) -> dict:
+    async def _from_history(self, body: RecommendRequest, rt: ModelRuntime, history: list[str],
+                            spec: RankSpec, disconnected: Disconnected) -> dict:
+        result = await self._submit(Work(rt, spec, history=history), disconnected)
+        return self._answer(body, rt, len(history), result.outcome, result.ranked)
+
+    async def _stateful(self, body: RecommendRequest, rt: ModelRuntime,
+                        history: list[str] | None, spec: RankSpec,
+                        disconnected: Disconnected) -> dict:
+        user = body.user_id
+        await self.writes.settled(user)  # this process's own pending write for the user first
+        near = self.near.get(user, rt.version)
+        hints = [near.envelope if near else b""]
+        started = time.perf_counter()
+        try:
+            if history is None:
+                view = await self.store.read(user, [rt.version], hints=hints)
+            else:
+                view = await self.store.sync(user, history, [rt.version], hints=hints)
+        except StoreUnavailable:
+            if history is None:
+                raise
+            self.metrics.error("store_read_degraded")  # answer from the request's own history
+            return await self._from_history(body, rt, history, spec, disconnected)
+        self.metrics.stage("recommend", rt.name, "store_read", time.perf_counter() - started)
+        if view.length == 0:
+            return self._answer(body, rt, 0, "miss", None)
+        fresh = view.models[0].fresh_state
+        if fresh is not None:
+            ranked = self._rank_stored(rt, fresh, spec)
+            if ranked is not None:
+                return self._answer(body, rt, view.length, "precomputed", ranked)
+            view = await self.store.read(user, [rt.version], skip_state=True)
+        result = await self._submit(self._stored_work(rt, spec, user, view, near=near),
+                                    disconnected)
+        if result.need_full:  # a stored base state did not decode: compute from the history
+            view = await self.store.read(user, [rt.version], skip_state=True)
+            result = await self._submit(self._stored_work(rt, spec, user, view), disconnected)
+        return self._answer(body, rt, view.length, result.outcome, result.ranked)
+
+    @staticmethod
+    def _stored_work(rt: ModelRuntime, spec: RankSpec | None, user: str, view: UserView,
+                     route: str = "recommend", near=None) -> Work:
+        return Work(rt, spec, view=view.models[0], user_id=user, length=view.length,
+                    token=view.token, route=route, near=near)
+
+    def _rank_stored(self, rt: ModelRuntime, value: bytes, spec: RankSpec):
+        """Rank a stored current state right here on the event loop (microseconds when its stored
+        list answers the request, tens when it is scored: a thread hop would cost more than the
+        work); None when the bytes do not decode."""
+        started = time.perf_counter()
+        try:
+            if spec.exclude_seen and not spec.explain:
+                answer = stored_answer(value[ENVELOPE_LEN:], rt.version, rt.n_items, spec.k)
+                if answer is not None:
+                    self.metrics.stage("recommend", rt.name, "rank", time.perf_counter() - started)
+                    return (*answer, None)
+            state = UserState.from_bytes(value[ENVELOPE_LEN:], rt.version)
+        except StateFormatError as exc:
+            log.info("stored state unusable, recomputing: %s", exc)
+            self.metrics.error("state_corrupt")
+            return None
+        (ranked,) = rt.engine.rank([state], [spec.k], [spec.exclude_seen], [spec.explain])
+        self.metrics.stage("recommend", rt.name, "rank", time.perf_counter() - started)
+        return ranked
+
+    async def _submit(self, work: Work, disconnected: Disconnected = None) -> WorkResult:
+        return await self.batcher.submit(work, disconnected)
+
+    def _answer(self, body: RecommendRequest, rt: ModelRuntime, length: int, outcome: str,
+                ranked) -> dict:
+        self.metrics.cache_outcome(rt.name, "recommend", outcome)
         answer = {
-            "user_id": q.user_id, "model": rt.name, "model_version": rt.version,
-            "history_length": len(r.history), "cache": r.outcome, "fallback": None, "explain": None,
+            "user_id": body.user_id, "model": rt.name, "model_version": rt.version,
+            "items": None, "history_length": length, "cache": outcome, "fallback": None,
+            "explain": None,
         }
-        if r.recommendation is None:
+        if ranked is None:
             answer["fallback"] = "popularity"
-            answer["items"] = self._popular(rt, q.k)
+            answer["items"] = self._popular(rt, body.k)
             return answer
-        rec = r.recommendation
-        answer["items"] = self._items(rt, rec.item_indices, rec.scores)
-        if q.explain and rec.explain:
-            answer["explain"] = self._explain(rt, rec.explain)
+        indices, scores, explain = ranked
+        answer["items"] = self._items(rt, indices, scores)
+        if body.explain and explain:
+            answer["explain"] = self._explain(rt, explain)
         return answer
 
-    def _items(self, rt: ModelRuntime, indices, scores) -> list[dict]:
-        indices = [int(i) for i in indices]
-        return [
-            {"item_id": item_id, "score": float(score), "title": rt.title(index)}
-            for item_id, index, score in zip(rt.external(indices), indices, scores)
-        ]
+    @staticmethod
+    def _items(rt: ModelRuntime, indices, scores) -> list[dict]:
+        ids, titles = rt.ids, rt.titles
+        return [{"item_id": ids[i], "score": s, "title": titles[i]} for i, s in zip(indices, scores)]
 
     def _popular(self, rt: ModelRuntime, k: int) -> list[dict]:
-        top = rt.by_popularity[:k]
-        return self._items(rt, top, rt.checkpoint.popularity[top].astype(float))
+        top = rt.by_popularity[:k].tolist()
+        return self._items(rt, top, rt.checkpoint.popularity[top].astype(float).tolist())
 
-    def _explain(self, rt: ModelRuntime, explain: dict) -> dict | None:
+    @staticmethod
+    def _explain(rt: ModelRuntime, explain: dict) -> dict | None:
         """Engine details ({"gate": [M], "streams": [[indices]]} or {"steps": ...}) with ids."""
         def named(indices):
-            return [{"item_id": i, "title": rt.title(x)} for i, x in zip(rt.external(indices), indices)]
+            return [{"item_id": rt.ids[i], "title": rt.titles[i]} for i in indices]
 
         out = {}
         if "streams" in explain:
@@ -110,38 +221,53 @@ class Services:
         return out or None
 
     # -- events ---------------------------------------------------------------------------------
-    async def append_events(self, user_id: str, item_ids: list[str], event_id: str | None) -> dict:
+    async def append_events(self, body: EventsRequest, disconnected: Disconnected = None) -> dict:
+        item_ids = item_strs(body.item_ids)
         unknown = [i for i in dict.fromkeys(item_ids)
                    if any(i not in rt.known for rt in self.runtimes.values())]
         if unknown:
             raise UnknownItems(("body", "item_ids"), unknown)
-        # A server-made id makes the store's one transparent retry safe for id-less events too.
-        event_id = event_id or f"auto:{uuid.uuid4().hex}"
+        user = body.user_id
+        await self.writes.settled(user)
+        names = list(self.runtimes) if self.settings.events_extend_cache else []
+        versions = [self.runtimes[n].version for n in names]
+        near = [self.near.get(user, v) for v in versions]
+        view = await self.store.append_events(user, item_ids, body.event_id, versions,
+                                              hints=[e.envelope if e else b"" for e in near])
         caches = {name: "bypass" for name in self.runtimes}
-        if not self.settings.events_extend_cache:
-            applied, length = await self.store.append_events(user_id, item_ids, event_id)
-        else:
-            # The append also reads every model's cache, in the same atomic step: the extend
-            # jobs then go straight to compute (and a conditional write), no second read.
-            names = list(self.runtimes)
-            applied, length, states = await self.store.append_events_and_read(
-                user_id, item_ids, event_id, [self.runtimes[n].version for n in names])
-            results = await asyncio.gather(
-                *(self.runtimes[n].batcher.submit(
-                    Job(kind="extend", user_id=user_id, stateful=True, state=state))
-                  for n, state in zip(names, states)),
-                return_exceptions=True,
-            )
-            for name, result in zip(names, results):
-                if isinstance(result, StoreUnavailable):
-                    continue  # the events are stored; the cache catches up on the next request
-                if isinstance(result, BaseException):
-                    raise result
-                caches[name] = result.outcome
+        works: dict[str, Work] = {}
+        for name, model_view, entry in zip(names, view.models, near):
+            if model_view.fresh_state is not None:
+                caches[name] = "hit"  # a repeated event id: nothing changed
+            elif model_view.kv is not None or model_view.near:
+                works[name] = self._stored_work(
+                    self.runtimes[name], None, user,
+                    UserView(view.length, view.token, [model_view]), route="events", near=entry)
+            else:
+                caches[name] = "miss"
+        if works:
+            try:  # every model's work in one batch
+                results = await self.batcher.submit_many(list(works.values()), disconnected)
+            except Unavailable as exc:  # shed or shutting down: the events are stored anyway
+                results = [exc] * len(works)
+            for name, result in zip(works, results):
+                caches[name] = self._event_outcome(name, result)
+        for name in names:
+            self.metrics.cache_outcome(name, "events", caches[name])
         return {
-            "user_id": user_id, "history_length": length, "applied": applied,
+            "user_id": user, "history_length": view.length, "applied": view.applied,
             "cache": caches[self.settings.default_model], "caches": caches,
         }
+
+    def _event_outcome(self, name: str, result: WorkResult | BaseException) -> str:
+        if isinstance(result, BaseException):
+            if not isinstance(result, Exception):
+                raise result  # cancellation
+            # The events are stored; the cache catches up on the next /recommend.
+            log.warning("extending %s's cache after an event failed: %r", name, result)
+            self.metrics.error("events_extend_failed")
+            return "bypass"
+        return "miss" if result.need_full else result.outcome
 
     # -- users ----------------------------------------------------------------------------------
     async def get_user(self, user_id: str) -> dict:
@@ -151,10 +277,35 @@ class Services:
         return {"user_id": user_id, "history": history, "history_length": len(history)}
 
     async def delete_user(self, user_id: str) -> dict:
+        await self.writes.settled(user_id)
         versions = [rt.version for rt in self.runtimes.values()]
+        self.near.discard(user_id, *versions)
         if not await self.store.delete_user(user_id, versions):
             raise UnknownUser(user_id)
         return {"user_id": user_id, "deleted": True}
+
+    # -- catalogue ------------------------------------------------------------------------------
+    def items(self, model: str | None, q: str | None, ids: str | None, limit: int,
+              offset: int) -> dict:
+        """GET /items: a page of the title matches of `q` (all items when q is empty), or of the
+        comma-separated `ids` in the order given; unknown ids are a 422 naming them."""
+        rt = self.runtime(model)
+        if ids is None:
+            total, rows = rt.catalog.search(q or "", limit, offset)
+        else:
+            if q is not None:
+                raise InputError(("query", "ids"), "give q or ids, not both")
+            wanted = [i.strip() for i in ids.split(",") if i.strip()]
+            if len(wanted) > MAX_LOOKUP_IDS:
+                raise InputError(("query", "ids"), f"ids has {len(wanted)} item ids; the limit "
+                                 f"is {MAX_LOOKUP_IDS}", "too_long")
+            found = [rt.catalog.lookup(i) for i in wanted]
+            unknown = [i for i, row in zip(wanted, found) if row is None]
+            if unknown:
+                raise UnknownItems(("query", "ids"), list(dict.fromkeys(unknown)), rt.name)
+            total, rows = len(found), found[offset:offset + limit]
+        return {"model": rt.name, "total": total, "limit": limit, "offset": offset,
+                "items": [asdict(row) for row in rows]}
 
     # -- models ---------------------------------------------------------------------------------
     def models(self) -> dict:
@@ -163,7 +314,8 @@ class Services:
             "models": [
                 {"name": rt.name, "version": rt.version, "kind": rt.kind,
                  "default": rt.name == self.settings.default_model, "n_items": rt.n_items,
-                 "config": rt.checkpoint.config.to_dict(), "metrics": rt.checkpoint.metrics}
+                 "config": rt.checkpoint.config.to_dict(), "metrics": rt.checkpoint.metrics,
+                 "engine": self.graphs.describe(rt.name) if self.graphs else None}
                 for rt in self.runtimes.values()
             ],
         }

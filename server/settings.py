@@ -21,6 +21,12 @@ class Settings(BaseSettings):
     default_model: str = "plr"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = Field(None, ge=1, description="None = torch's default")
+    # Ahead-of-time compiled engine graphs (model/inference/compiled.py), CPU only. "background":
+    # use the packages in compiled_dir, and build missing ones in a low-priority subprocess while
+    # serving eagerly, switching over when they are ready; "load": use them only if present;
+    # "off": eager only.
+    compile: Literal["off", "load", "background"] = "background"
+    compiled_dir: Path = Path("artifacts/compiled")
 
     # Store. No URL = an embedded redis-server started by the process (local/dev/tests).
     redis_url: str | None = Field(
@@ -32,12 +38,19 @@ class Settings(BaseSettings):
     kv_ttl_seconds: int | None = Field(7 * 24 * 3600, ge=1, description="None = no TTL")
     history_ttl_seconds: int | None = Field(None, ge=1, description="None = keep forever")
     kv_dtype: Literal["fp32", "fp16"] = "fp32"
+    # Near cache: the decoded caches and states this process computed, kept (LRU, this many MiB)
+    # so the next event of a user it just served reads no cache bytes from Redis. 0 = off.
+    near_cache_mb: int = Field(256, ge=0)
     max_stored_history: int = Field(
         10_000, ge=2, description="past this the oldest half of a stored history is dropped"
     )
     events_extend_cache: bool = Field(
         True, description="POST /events extends cached KV now (False: next /recommend does it)"
     )
+    # Idempotency window per user: an event id is remembered this long, and at most this many
+    # ids are kept (the oldest evicted one by one); a retry within the window is not applied.
+    idempotency_window_s: int = Field(24 * 3600, ge=1)
+    idempotency_max_ids: int = Field(10_000, ge=1)
 
     # Limits and security.
     api_key: str | None = Field(None, description="None = no auth")
@@ -54,12 +67,25 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(64, ge=1)
     batch_max_wait_ms: float = Field(0.0, ge=0)
     batch_max_in_flight: int = Field(1, ge=1, le=8)
+    # Where the engine runs: "inline" on the event loop (a CPU process on one core: no thread
+    # hand-off), "thread" (one compute thread: the loop stays free while a GPU or other cores
+    # compute), or "auto" (thread on CUDA or with several torch threads, else inline).
+    compute: Literal["auto", "inline", "thread"] = "auto"
+    # Overload control: works waiting for the compute thread beyond max_queue are refused (503 +
+    # Retry-After); a work still queued after queue_timeout_ms is dropped (503). HTTP requests
+    # in flight beyond max_concurrency are refused at once (503), the fast path included.
+    max_queue: int = Field(1024, ge=1)
+    queue_timeout_ms: float = Field(1000.0, gt=0)
+    max_concurrency: int = Field(4096, ge=1)
 
     # HTTP.
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, description="uvicorn worker processes (python -m server)")
     log_level: str = "info"
+    # One log line per request costs ~20 us of a ~300 us request: off unless asked for (the
+    # Prometheus request metrics count every request anyway).
+    access_log: bool = False
 
     @field_validator("api_key", "redis_url", "torch_threads", "kv_ttl_seconds",
                      "history_ttl_seconds", mode="before")

@@ -1,21 +1,27 @@
-"""Per-user state in Redis: history (source of truth), KV caches per model version, event ids.
+"""Per-user state in Redis: history (source of truth), its token, event ids, and per model version
+a KV cache and a precomputed user state.
 
 Keys (the `{user_id}` hash tag keeps a user's keys on one Cluster slot; every Lua script touches
-one user's keys only): `plr:{u}:hist` list of item ids, `plr:{u}:kv:<model_version>` cache bytes
-(TTL), `plr:{u}:events` hash event_id -> history length when applied. Every write is one atomic
-script; KV writes are compare-and-set on the cache header seen at read time. Batch calls pipeline.
-Connectivity failures raise `StoreUnavailable` (and open a short circuit breaker); nothing retries
-a write that may have been applied except the idempotent ones. Pipelines are not MULTI/EXEC
-transactions: each script is atomic on its own, and nothing needs two users' keys to change
-together (a Cluster could not do that anyway).
+one user's keys only): `plr:{u}:hist` list of item ids, `plr:{u}:tok` history token,
+`plr:{u}:eids` sorted set of applied event ids, `plr:{u}:kv:<version>` cache bytes and
+`plr:{u}:st:<version>` state bytes (both TTL'd, both behind a 32-byte envelope naming the history
+they cover: server/envelope.py). Every operation is one atomic script (server/store_scripts.py);
+a read returns, per model version, either the current state alone or what it takes to compute it.
+
+Errors: connectivity failures raise `StoreUnavailable` and open a short circuit breaker; any other
+Redis error (OOM, BUSY, READONLY, WRONGTYPE, a script error) raises `StoreUnavailable` for that call
+only (counted by its `reason`), never a bare exception. Nothing retries a write that may have been
+applied except the idempotent ones (events carry an event id, cache/state writes are conditional).
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
+import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -25,16 +31,9 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from .cache_envelope import HEADER_LEN
+from .envelope import new_token
 from .errors import StoreUnavailable
-from .store_scripts import (
-    APPEND_EVENTS,
-    DELETE_USER,
-    READ_HISTORY,
-    READ_STATE,
-    SYNC_HISTORY,
-    WRITE_KV,
-)
+from .store_scripts import APPEND_EVENTS, DELETE_USER, READ, READ_HISTORY, SYNC_HISTORY, WRITE_STATE
 
 log = logging.getLogger(__name__)
 
@@ -43,64 +42,93 @@ def hist_key(user_id: str) -> str:
     return f"plr:{{{user_id}}}:hist"
 
 
+def token_key(user_id: str) -> str:
+    return f"plr:{{{user_id}}}:tok"
+
+
+def events_key(user_id: str) -> str:
+    return f"plr:{{{user_id}}}:eids"
+
+
 def kv_key(user_id: str, model_version: str) -> str:
     return f"plr:{{{user_id}}}:kv:{model_version}"
 
 
-def events_key(user_id: str) -> str:
-    return f"plr:{{{user_id}}}:events"
+def state_key(user_id: str, model_version: str) -> str:
+    return f"plr:{{{user_id}}}:st:{model_version}"
 
 
 @dataclass
-class StateRead:
-    """Read one user's history and one model version's cache; with `history`, store it first."""
+class ModelView:
+    """What one model version needs for the user's current history (one script's answer)."""
 
-    user_id: str
-    model_version: str | None  # None: the history alone (no cache read, no TTL touched)
-    history: list[str] | None = None  # authoritative history (request's user_id + history)
-
-
-@dataclass
-class UserState:
-    history: list[str]
-    kv: bytes | None  # the stored value, header included; None when absent
-    history_action: str  # read | unchanged | extended | replaced
+    fresh_state: bytes | None = None  # stored state covering exactly the current history
+    base_state: bytes | None = None  # with `kv`: a state covering the same prefix as the cache
+    kv: bytes | None = None  # a stored cache covering a prefix (`base` entries when base_state)
+    base: int = 0  # `items` are the history entries from this index on (0 = the whole history)
+    items: list[str] | None = None  # None when fresh_state is set (nothing else was read)
+    stale_kv: bool = False  # a cache existed but was made for another history
+    near: bool = False  # the stored cache is the one the read's hint named: use the local copy
 
 
 @dataclass
-class KVWrite:
-    """Conditional cache write: applies only if the stored header still equals `expected_head`."""
+class UserView:
+    length: int  # stored history entries now
+    token: str  # the history's token ('' when there is no history)
+    models: list[ModelView] = field(default_factory=list)  # one per requested version
+    action: str | None = None  # sync: unchanged | extended | replaced
+    applied: bool | None = None  # events: False when the event id was seen before
+
+
+@dataclass
+class StateWrite:
+    """Store a cache and/or state computed for the history (length, token); conditional."""
 
     user_id: str
     model_version: str
-    expected_head: bytes  # first HEADER_LEN bytes seen at read time; b"" = key was absent
-    new_head: bytes
-    payload: bytes  # full cache bytes, or the tail when `append`
-    append: bool = False
-    expected_strlen: int = 0  # with `append`: the value's length seen at read time
+    length: int
+    token: str
+    kv_mode: str = "none"  # none | set | append
+    kv_head: bytes = b""  # the envelope of the new cache value
+    kv_payload: bytes = b""  # set: the cache bytes; append: the rows to append
+    expected_head: bytes = b""  # append: the stored value's envelope it extends
+    expected_strlen: int = 0  # append: the stored value's length it extends
+    state: bytes = b""  # the whole state value (envelope included); b"" = none
+
+
+@dataclass(frozen=True)
+class IdempotencyPolicy:
+    """How long and how many applied event ids a user keeps (evicted per id, oldest first)."""
+
+    window_s: int = 24 * 3600
+    max_ids: int = 10_000
+    auto_keep_s: int = 60  # ids made for id-less events: just long enough for a client retry
 
 
 class Store(abc.ABC):
     """What the services need from per-user storage; RedisStore is the one implementation."""
 
+    # `hints`, one per version: the 32-byte envelope of the cache the caller holds locally (the
+    # near cache) or b""; a view then says `near` instead of sending bytes the caller has.
     @abc.abstractmethod
-    async def read_states(self, reads: list[StateRead]) -> list[UserState]: ...
+    async def read(self, user_id: str, versions: list[str], skip_state: bool = False,
+                   hints: list[bytes] | None = None) -> UserView:
+        """Per version: the current state alone, or what computing it needs (skip_state: ignore
+        stored states, e.g. after one failed to decode)."""
 
     @abc.abstractmethod
-    async def write_caches(self, writes: list[KVWrite]) -> list[bool]: ...
+    async def sync(self, user_id: str, history: list[str], versions: list[str],
+                   hints: list[bytes] | None = None) -> UserView:
+        """Make the stored history equal `history` (extend a prefix, else replace), then read."""
 
     @abc.abstractmethod
-    async def append_events(
-        self, user_id: str, item_ids: list[str], event_id: str
-    ) -> tuple[bool, int]:
-        """(applied, history length); a repeated event_id is not applied again."""
+    async def append_events(self, user_id: str, item_ids: list[str], event_id: str | None,
+                            versions: list[str], hints: list[bytes] | None = None) -> UserView:
+        """Append once per event id (None: no id), then read; `applied` says whether it did."""
 
     @abc.abstractmethod
-    async def append_events_and_read(
-        self, user_id: str, item_ids: list[str], event_id: str, model_versions: list[str]
-    ) -> tuple[bool, int, list[UserState]]:
-        """append_events, then in the same atomic step the state a StateRead(user_id, version)
-        would read, for each of `model_versions`."""
+    async def write_states(self, writes: list[StateWrite]) -> list[tuple[bool, bool] | Exception]:
+        """(cache written, state written) per write, or that write's error; one round trip."""
 
     @abc.abstractmethod
     async def get_history(self, user_id: str) -> list[str]: ...
@@ -135,16 +163,68 @@ class CircuitBreaker:
         self.open_until = 0.0
 
 
-# Errors that mean "the store is not there right now", as opposed to a bug in a script or a call.
-_UNAVAILABLE = (
+# Errors that mean "the store is not there right now" (open the breaker), as opposed to an error
+# reply from a Redis that is up (OOM, BUSY, WRONGTYPE...): that fails one call, not the process.
+_UNREACHABLE = (
     rex.ConnectionError,
     rex.TimeoutError,
     rex.ClusterError,
     rex.RedisClusterException,
-    rex.OutOfMemoryError,
-    rex.ReadOnlyError,
     OSError,
 )
+
+
+def _reason(exc: Exception) -> str:
+    """unreachable | oom | readonly | busy | error_reply. Errors raised inside a script arrive as
+    a plain ResponseError naming the original error, hence the text checks."""
+    if isinstance(exc, _UNREACHABLE):
+        return "unreachable"
+    text = str(exc)
+    if isinstance(exc, rex.OutOfMemoryError) or "OOM command not allowed" in text:
+        return "oom"
+    if isinstance(exc, rex.ReadOnlyError) or "READONLY" in text:
+        return "readonly"
+    if isinstance(exc, rex.BusyLoadingError) or text.startswith(("BUSY", "LOADING")):
+        return "busy"
+    return "error_reply"
+
+
+class _Script:
+    """A Lua script called by EVALSHA; NOSCRIPT (a restarted or new node) falls back to EVAL."""
+
+    def __init__(self, body: str):
+        self.body = body
+        self.sha = hashlib.sha1(body.encode()).hexdigest()
+
+
+_SCRIPTS = {name: _Script(body) for name, body in (
+    ("read_history", READ_HISTORY), ("read", READ), ("sync", SYNC_HISTORY),
+    ("append", APPEND_EVENTS), ("write", WRITE_STATE), ("delete", DELETE_USER))}
+
+
+def _views(raw: list) -> list[ModelView]:
+    out = []
+    for view in raw:
+        mode = int(view[0])
+        if mode == 1:
+            out.append(ModelView(fresh_state=view[1]))
+        elif mode == 4:
+            out.append(ModelView(base=int(view[1]), items=orjson.loads(view[2]), near=True))
+        elif mode in (2, 3):
+            out.append(ModelView(base_state=view[1], kv=view[2], base=int(view[3]),
+                                 items=orjson.loads(view[4]),
+                                 stale_kv=mode == 3 and bool(int(view[5]))))
+        else:  # no history
+            out.append(ModelView(items=[]))
+    return out
+
+
+def _hints(hints: list[bytes] | None, versions: list[str]) -> list[bytes]:
+    if hints is None:
+        return [b""] * len(versions)
+    if len(hints) != len(versions):
+        raise ValueError(f"{len(hints)} hints for {len(versions)} model versions")
+    return hints
 
 
 class RedisStore(Store):
@@ -156,17 +236,20 @@ class RedisStore(Store):
         kv_ttl_seconds: int | None = None,
         history_ttl_seconds: int | None = None,
         max_stored_history: int = 10_000,
+        idempotency: IdempotencyPolicy | None = None,
     ):
         self.kv_ttl = kv_ttl_seconds or 0
-        self.hist_ttl = history_ttl_seconds or 0
+        self.hist_ttl_ms = 1000 * (history_ttl_seconds or 0)
         self.max_stored_history = max_stored_history
+        self.idempotency = idempotency or IdempotencyPolicy()
         self.breaker = CircuitBreaker()
         # One retry rebuilds a pooled connection that died with a restarted Redis; every script
-        # here is idempotent under a retry (events carry an event_id, KV writes are CAS).
+        # here is idempotent under a retry (events carry an event id, writes are conditional).
         retry = Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1)
         common: dict[str, Any] = dict(
             socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=retry
         )
+        self.cluster = cluster
         if cluster:
             self.redis = RedisCluster.from_url(url, **common)
         else:
@@ -176,101 +259,127 @@ class RedisStore(Store):
     async def _guard(self, op):
         wait = self.breaker.retry_after()
         if wait > 0:
-            raise StoreUnavailable(wait)
+            raise StoreUnavailable(wait, "breaker_open")
         try:
             result = await op()
-        except _UNAVAILABLE as exc:
-            self.breaker.failure()
-            log.warning("store unavailable: %s: %s", type(exc).__name__, exc)
-            raise StoreUnavailable(self.breaker.retry_after()) from exc
+        except (rex.RedisError, rex.RedisClusterException, OSError) as exc:
+            raise self._failure(exc) from exc
         self.breaker.success()
         return result
 
-    async def _pipeline(self, calls: list[tuple[str, list, list]]) -> list:
-        """Run (script, keys, args) calls in one round trip: one EVAL, or one pipeline."""
+    def _failure(self, exc: Exception) -> StoreUnavailable:
+        reason = _reason(exc)
+        if reason == "unreachable":
+            self.breaker.failure()
+            log.warning("store unavailable: %s: %s", type(exc).__name__, exc)
+            return StoreUnavailable(self.breaker.retry_after(), reason)
+        log.error("store error reply (%s): %s: %s", reason, type(exc).__name__, exc)
+        return StoreUnavailable(1.0, reason)
+
+    async def _call(self, name: str, keys: list[str], args: list) -> Any:
+        script = _SCRIPTS[name]
 
         async def run():
-            if len(calls) == 1:  # no pipeline object, no extra bookkeeping
-                script, keys, args = calls[0]
-                return [await self.redis.eval(script, len(keys), *keys, *args)]
-            pipe = self.redis.pipeline(transaction=False)
-            for script, keys, args in calls:
-                pipe.eval(script, len(keys), *keys, *args)
-            return await pipe.execute(raise_on_error=True)
+            try:
+                return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
+            except rex.NoScriptError:
+                return await self.redis.eval(script.body, len(keys), *keys, *args)
 
         return await self._guard(run)
 
+    def _model_keys(self, user_id: str, versions: list[str]) -> list[str]:
+        keys = []
+        for v in versions:
+            keys += [state_key(user_id, v), kv_key(user_id, v)]
+        return keys
+
     # -- reads ----------------------------------------------------------------------------------
-    async def read_states(self, reads: list[StateRead]) -> list[UserState]:
-        calls = []
-        for r in reads:
-            if r.model_version is None:
-                calls.append((READ_HISTORY, [hist_key(r.user_id)], []))
-                continue
-            keys = [hist_key(r.user_id), kv_key(r.user_id, r.model_version)]
-            if r.history is None:
-                calls.append((READ_STATE, keys, [self.kv_ttl, self.hist_ttl]))
-            else:
-                calls.append((SYNC_HISTORY, keys, [self.kv_ttl, self.hist_ttl, *r.history]))
-        replies = await self._pipeline(calls)
-        states = []
-        for r, reply in zip(reads, replies):
-            if r.model_version is None:
-                states.append(UserState(orjson.loads(reply), None, "read"))
-                continue
-            first, kv = reply
-            if r.history is None:
-                states.append(UserState(orjson.loads(first), kv, "read"))
-            else:
-                states.append(UserState(list(r.history), kv, first.decode()))
-        return states
+    async def read(self, user_id: str, versions: list[str], skip_state: bool = False,
+                   hints: list[bytes] | None = None) -> UserView:
+        keys = [hist_key(user_id), token_key(user_id), *self._model_keys(user_id, versions)]
+        n, tok, views = await self._call("read", keys, ["1" if skip_state else "0",
+                                                        *_hints(hints, versions)])
+        return UserView(int(n), tok.decode(), _views(views))
 
     async def get_history(self, user_id: str) -> list[str]:
-        (reply,) = await self._pipeline([(READ_HISTORY, [hist_key(user_id)], [])])
-        return orjson.loads(reply)
+        return orjson.loads(await self._call("read_history", [hist_key(user_id)], []))
 
     async def ping(self) -> bool:
         return bool(await self._guard(self.redis.ping))
 
     # -- writes ---------------------------------------------------------------------------------
-    async def write_caches(self, writes: list[KVWrite]) -> list[bool]:
-        calls = []
-        for w in writes:
-            mode = "append" if w.append else "set"
-            args = [mode, w.expected_head, w.new_head, w.payload, w.expected_strlen, self.kv_ttl]
-            calls.append((WRITE_KV, [kv_key(w.user_id, w.model_version)], [*args, HEADER_LEN]))
-        if not calls:
+    def _user_keys(self, user_id: str, versions: list[str]) -> list[str]:
+        return [hist_key(user_id), token_key(user_id), events_key(user_id),
+                *self._model_keys(user_id, versions)]
+
+    async def sync(self, user_id: str, history: list[str], versions: list[str],
+                   hints: list[bytes] | None = None) -> UserView:
+        reply = await self._call("sync", self._user_keys(user_id, versions),
+                                 [new_token(), self.hist_ttl_ms, *_hints(hints, versions),
+                                  *history])
+        action, n, tok, views = reply
+        return UserView(int(n), tok.decode(), _views(views), action=action.decode())
+
+    async def append_events(self, user_id: str, item_ids: list[str], event_id: str | None,
+                            versions: list[str], hints: list[bytes] | None = None) -> UserView:
+        policy = self.idempotency
+        args = [event_id or f"auto:{new_token()}{new_token()}", "0" if event_id else "1",
+                new_token(), self.hist_ttl_ms, self.max_stored_history, 1000 * policy.window_s,
+                policy.max_ids, 1000 * policy.auto_keep_s, *_hints(hints, versions), *item_ids]
+        applied, n, tok, views = await self._call("append", self._user_keys(user_id, versions),
+                                                  args)
+        return UserView(int(n), tok.decode(), _views(views), applied=bool(applied))
+
+    def _write_call(self, w: StateWrite) -> tuple[list[str], list]:
+        keys = [hist_key(w.user_id), token_key(w.user_id), kv_key(w.user_id, w.model_version),
+                state_key(w.user_id, w.model_version)]
+        args = [w.length, w.token, w.kv_mode, w.kv_head, w.kv_payload, w.expected_head,
+                w.expected_strlen, w.state, self.kv_ttl]
+        return keys, args
+
+    async def write_states(self, writes: list[StateWrite]) -> list[tuple[bool, bool] | Exception]:
+        if not writes:
             return []
-        return [bool(ok) for ok in await self._pipeline(calls)]
+        script = _SCRIPTS["write"]
+        calls = [self._write_call(w) for w in writes]
 
-    async def append_events(
-        self, user_id: str, item_ids: list[str], event_id: str
-    ) -> tuple[bool, int]:
-        applied, length, _ = await self.append_events_and_read(user_id, item_ids, event_id, [])
-        return applied, length
+        async def run():
+            if self.cluster:  # a cluster pipeline refuses EVALSHA: one call per user, at once
+                replies = await asyncio.gather(
+                    *(self.redis.evalsha(script.sha, len(k), *k, *a) for k, a in calls),
+                    return_exceptions=True)
+            else:
+                pipe = self.redis.pipeline(transaction=False)
+                for keys, args in calls:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                replies = await pipe.execute(raise_on_error=False)
+            for i, reply in enumerate(replies):  # first call after a Redis restart: load it
+                if isinstance(reply, rex.NoScriptError):
+                    keys, args = calls[i]
+                    try:
+                        replies[i] = await self.redis.eval(script.body, len(keys), *keys, *args)
+                    except rex.ResponseError as exc:
+                        replies[i] = exc
+            return replies
 
-    async def append_events_and_read(
-        self, user_id: str, item_ids: list[str], event_id: str, model_versions: list[str]
-    ) -> tuple[bool, int, list[UserState]]:
-        keys = [hist_key(user_id), events_key(user_id)]
-        keys += [kv_key(user_id, v) for v in model_versions]
-        args = [event_id, self.hist_ttl, self.max_stored_history, self.kv_ttl, *item_ids]
-        (reply,) = await self._pipeline([(APPEND_EVENTS, keys, args)])
-        applied, length = bool(reply[0]), int(reply[1])
-        if not model_versions:
-            return applied, length, []
-        history = orjson.loads(reply[2])
-        return applied, length, [UserState(history, kv, "read") for kv in reply[3:]]
+        replies = await self._guard(run)
+        out: list[tuple[bool, bool] | Exception] = []
+        for reply in replies:
+            if isinstance(reply, Exception):
+                out.append(self._failure(reply))
+            else:
+                out.append((bool(reply[0]), bool(reply[1])))
+        return out
 
     async def delete_user(self, user_id: str, model_versions: list[str]) -> bool:
-        # Keys of model versions this process does not serve expire with their TTL (no SCAN).
-        keys = [hist_key(user_id), events_key(user_id)]
-        keys += [kv_key(user_id, v) for v in model_versions]
-        (deleted,) = await self._pipeline([(DELETE_USER, keys, [])])
-        return int(deleted) > 0
+        # Keys of model versions this process does not serve expire with their TTL (no SCAN);
+        # with the token gone they can never be served again, even for a recreated history.
+        keys = [hist_key(user_id), token_key(user_id), events_key(user_id),
+                *self._model_keys(user_id, model_versions)]
+        return int(await self._call("delete", keys, [])) > 0
 
     async def close(self) -> None:
         try:
             await self.redis.aclose()
-        except _UNAVAILABLE as exc:  # closing a dead connection is not worth a traceback
+        except (rex.RedisError, OSError) as exc:  # closing a dead connection: not worth a trace
             log.info("closing store: %s", exc)

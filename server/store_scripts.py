@@ -1,120 +1,209 @@
 """Lua scripts behind RedisStore: each runs atomically and touches one user's keys (one slot).
 
-Sent with EVAL (Redis caches the compiled body by its SHA), so a restarted Redis or another
-Cluster node never answers NOSCRIPT. Item ids are pushed in chunks: Lua's unpack() is stack-bound.
-Histories are returned as one JSON array string (cjson, built into Redis' Lua), not as a
-multi-bulk reply of one string per item: the client then decodes one value instead of parsing
-hundreds of RESP items in Python.
+A user's history has a *token* (`plr:{u}:tok`, 16 hex chars) that changes whenever the history
+changes other than by appending (created, replaced, trimmed); deleting the user deletes it. So
+(token, length) names one exact history, and a value tagged with them is current iff both still
+match, and a prefix iff the token matches and its length is <= the history's: no script ever
+compares or hashes a whole history to validate a cache. Stored values start with a 32-byte
+envelope: 4-byte magic, the covered history length as 12 decimal digits, the token.
+
+Reads never write (no TTL refresh, no AOF traffic); writes are conditional on the token and
+length they were computed for, so a write computed from a deleted or replaced history is refused.
+Item ids are pushed in chunks (Lua's unpack() is stack-bound); histories are returned as one JSON
+array string (cjson) so the client decodes one value instead of one RESP item per entry.
 """
 
-_PUSH = """
-local function push(key, first)
-  for i = first, #ARGV, 1000 do
-    redis.call('RPUSH', key, unpack(ARGV, i, math.min(i + 999, #ARGV)))
+_COMMON = """
+local function push(key, items, first)
+  for i = first, #items, 1000 do
+    redis.call('RPUSH', key, unpack(items, i, math.min(i + 999, #items)))
   end
-end
-local function touch(key, ttl)
-  if tonumber(ttl) > 0 then redis.call('EXPIRE', key, ttl) end
 end
 local function json_list(list)
   if #list == 0 then return '[]' end  -- cjson would encode an empty table as {}
   return cjson.encode(list)
 end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- The user's history keys (hist, tok, eids) share one absolute expiry, so they expire together.
+local function expire_user(keys, ttl_ms, now)
+  if tonumber(ttl_ms) > 0 then
+    for _, key in ipairs(keys) do redis.call('PEXPIREAT', key, now + tonumber(ttl_ms)) end
+  end
+end
+-- Covered length of an envelope with this magic and token, or -1.
+local function covered(value, magic, tok)
+  if value and string.sub(value, 1, 4) == magic and string.sub(value, 17, 32) == tok then
+    return tonumber(string.sub(value, 5, 16))
+  end
+  return -1
+end
+-- What one model version needs to answer for the history (hist, n, tok):
+-- {1, state} when the state covers exactly this history (nothing else is read);
+-- {4, base, new items} when the stored cache's envelope is `hint` (the caller's near-cache copy,
+-- with its state, is the stored one: no cache or state bytes are sent);
+-- {2, state, kv, base, new items} when state and cache cover the same prefix `base`;
+-- {3, false, kv or false, 0, whole history, stale} otherwise (kv only when it is a prefix;
+-- stale = 1 when a cache existed but could not be used).
+local function model_view(hist, n, tok, st_key, kv_key, skip_state, hint)
+  local st = false
+  if not skip_state then st = redis.call('GET', st_key) end
+  local ls = covered(st, 'PST1', tok)
+  if ls == n then return {1, st} end
+  if hint ~= '' and redis.call('GETRANGE', kv_key, 0, 31) == hint then
+    local lh = covered(hint, 'PKV2', tok)
+    if lh >= 0 and lh <= n then
+      return {4, lh, json_list(redis.call('LRANGE', hist, lh, -1))}
+    end
+  end
+  local kv = redis.call('GET', kv_key)
+  local lk = covered(kv, 'PKV2', tok)
+  local stale = 0
+  if kv and (lk < 0 or lk > n) then kv = false; stale = 1 end
+  if kv and ls == lk then
+    return {2, st, kv, lk, json_list(redis.call('LRANGE', hist, lk, -1))}
+  end
+  return {3, false, kv, 0, json_list(redis.call('LRANGE', hist, 0, -1)), stale}
+end
+-- hints: ARGV index of the first version's hint ('' = none), one per (state, kv) key pair.
+local function views(n, tok, first_key, skip_state, hints)
+  local out = {}
+  for i = first_key, #KEYS, 2 do
+    if n == 0 then out[#out + 1] = {0} else
+      local hint = ARGV[hints + (i - first_key) / 2]
+      out[#out + 1] = model_view(KEYS[1], n, tok, KEYS[i], KEYS[i + 1], skip_state, hint)
+    end
+  end
+  return out
+end
 """
 
 # KEYS: hist  ->  history as a JSON array
-READ_HISTORY = _PUSH + """
+READ_HISTORY = _COMMON + """
 return json_list(redis.call('LRANGE', KEYS[1], 0, -1))
 """
 
-# KEYS: hist, kv   ARGV: kv_ttl, hist_ttl  ->  {history as a JSON array, kv or nil}
-READ_STATE = _PUSH + """
-local hist = redis.call('LRANGE', KEYS[1], 0, -1)
-local kv = redis.call('GET', KEYS[2])
-if kv then touch(KEYS[2], ARGV[1]) end
-if #hist > 0 then touch(KEYS[1], ARGV[2]) end
-return {json_list(hist), kv}
+# KEYS: hist, tok, then (state, kv) per model version   ARGV: skip_state (1 = ignore stored
+# states, e.g. one that failed to decode), a near-cache hint per version
+# ->  {n, tok, view per version}
+READ = _COMMON + """
+local n = redis.call('LLEN', KEYS[1])
+local tok = redis.call('GET', KEYS[2]) or ''
+return {n, tok, views(n, tok, 3, ARGV[1] == '1', 2)}
 """
 
 # Make the stored history equal the request's (authoritative) one: extend it when the stored one
-# is a prefix, else replace it.  KEYS: hist, kv   ARGV: kv_ttl, hist_ttl, item ids...
-# -> {action, kv or nil}
-SYNC_HISTORY = _PUSH + """
+# is a prefix (token kept), else replace it (new token; the replaced history's event ids are
+# forgotten with it, so a retried event is applied to the new history). Then READ.
+# KEYS: hist, tok, eids, then (state, kv) pairs
+# ARGV: new_token, hist_ttl_ms, a near-cache hint per version, item ids...
+# -> {action, n, tok, view per version}
+SYNC_HISTORY = _COMMON + """
 local cur = redis.call('LRANGE', KEYS[1], 0, -1)
-local n = #ARGV - 2
+local first = 3 + (#KEYS - 3) / 2
+local items = {}
+for i = first, #ARGV do items[#items + 1] = ARGV[i] end
+local n = #items
 local prefix = #cur <= n
 if prefix then
   for i = 1, #cur do
-    if cur[i] ~= ARGV[i + 2] then prefix = false; break end
+    if cur[i] ~= items[i] then prefix = false; break end
   end
 end
-local action
-if prefix and #cur == n then
-  action = 'unchanged'
-elseif prefix then
-  push(KEYS[1], 3 + #cur)
-  action = 'extended'
-else
-  redis.call('DEL', KEYS[1])
-  push(KEYS[1], 3)
+local tok = redis.call('GET', KEYS[2])
+local action = 'unchanged'
+if not prefix then
+  redis.call('DEL', KEYS[1], KEYS[3])
+  push(KEYS[1], items, 1)
+  tok = false
   action = 'replaced'
+elseif #cur < n then
+  push(KEYS[1], items, #cur + 1)
+  action = 'extended'
 end
-touch(KEYS[1], ARGV[2])
-local kv = redis.call('GET', KEYS[2])
-if kv then touch(KEYS[2], ARGV[1]) end
-return {action, kv}
+local wrote = action ~= 'unchanged' or not tok
+if not tok then
+  tok = ARGV[1]
+  redis.call('SET', KEYS[2], tok)
+end
+if wrote then expire_user({KEYS[1], KEYS[2], KEYS[3]}, ARGV[2], now_ms()) end
+return {action, n, tok, views(n, tok, 4, false, 3)}
 """
 
-# All-or-nothing append, applied once per event_id. Past max_stored the oldest half is dropped
-# (caches then fail their fingerprint and are rebuilt once). With kv keys, the same atomic step
-# then reads what READ_STATE would (the history and each cache, TTLs touched), so POST /events
-# needs no second round trip before extending the caches.
-# KEYS: hist, events, kv...   ARGV: event_id, hist_ttl, max_stored, kv_ttl, item ids...
-# -> {applied, length} and, with kv keys, {applied, length, history as a JSON array, kv or nil...}
-APPEND_EVENTS = _PUSH + """
-local applied, n = 0, 0
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
-  n = redis.call('LLEN', KEYS[1])
-else
-  push(KEYS[1], 5)
-  n = redis.call('LLEN', KEYS[1])
-  local max_stored = tonumber(ARGV[3])
+# All-or-nothing append, applied once per event_id within the idempotency window: ids live in a
+# sorted set scored by the time they were applied and are evicted one by one, by age (window_ms)
+# and by count (max_ids), oldest first; ids the server makes for id-less events are kept only
+# auto_keep_ms (enough to dedupe the client library's own reconnect retry). Past max_stored the
+# oldest half of the history is dropped (new token: caches rebuild once). Then READ.
+# KEYS: hist, tok, eids, then (state, kv) pairs
+# ARGV: event_id, is_auto, new_token, hist_ttl_ms, max_stored, window_ms, max_ids, auto_keep_ms,
+#       a near-cache hint per version, item ids...   ->  {applied, n, tok, view per version}
+APPEND_EVENTS = _COMMON + """
+local applied = 0
+local now = now_ms()
+local window = tonumber(ARGV[6])
+if not redis.call('ZSCORE', KEYS[3], ARGV[1]) then
+  local items = {}
+  for i = 9 + (#KEYS - 3) / 2, #ARGV do items[#items + 1] = ARGV[i] end
+  push(KEYS[1], items, 1)
+  local n = redis.call('LLEN', KEYS[1])
+  local max_stored = tonumber(ARGV[5])
+  local tok = redis.call('GET', KEYS[2])
   if n > max_stored then
     redis.call('LTRIM', KEYS[1], n - math.floor(max_stored / 2), -1)
-    n = redis.call('LLEN', KEYS[1])
+    tok = false
   end
-  if redis.call('HLEN', KEYS[2]) >= max_stored then redis.call('DEL', KEYS[2]) end
-  redis.call('HSET', KEYS[2], ARGV[1], n)
-  touch(KEYS[1], ARGV[2])
-  touch(KEYS[2], ARGV[2])
+  if not tok then redis.call('SET', KEYS[2], ARGV[3]) end
+  local score = now
+  if ARGV[2] == '1' then score = now - math.max(0, window - tonumber(ARGV[8])) end
+  redis.call('ZADD', KEYS[3], score, ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. (now - window))
+  local extra = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[7])
+  if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[3], 0, extra - 1) end
+  expire_user({KEYS[1], KEYS[2], KEYS[3]}, ARGV[4], now)
   applied = 1
 end
-if #KEYS == 2 then return {applied, n} end
-local out = {applied, n, json_list(redis.call('LRANGE', KEYS[1], 0, -1))}
-if n > 0 then touch(KEYS[1], ARGV[2]) end
-for i = 3, #KEYS do
-  local kv = redis.call('GET', KEYS[i])  -- false (a nil reply) when absent: keeps the array whole
-  if kv then touch(KEYS[i], ARGV[4]) end
-  out[#out + 1] = kv
-end
-return out
+local n = redis.call('LLEN', KEYS[1])
+local tok = redis.call('GET', KEYS[2]) or ''
+return {applied, n, tok, views(n, tok, 4, false, 9)}
 """
 
-# Compare-and-set on the cache header.  KEYS: kv
-# ARGV: mode (set|append), expected_head, new_head, payload, expected_strlen, kv_ttl, header_len
-WRITE_KV = _PUSH + """
-local head = redis.call('GETRANGE', KEYS[1], 0, tonumber(ARGV[7]) - 1)
-if head ~= ARGV[2] then return 0 end
-if ARGV[1] == 'append' then
-  if redis.call('STRLEN', KEYS[1]) ~= tonumber(ARGV[5]) then return 0 end
-  redis.call('SETRANGE', KEYS[1], 0, ARGV[3])
-  redis.call('APPEND', KEYS[1], ARGV[4])
-else
-  redis.call('SET', KEYS[1], ARGV[3])
-  redis.call('APPEND', KEYS[1], ARGV[4])
+# Store what was computed for the history (n, tok): applies only while the history still has
+# that token and at least n entries (not deleted, replaced or trimmed since; appends are fine).
+# The cache is appended to (mode 'append': only if it is still exactly the value it extends) or
+# set (mode 'set': never over a cache of this history that covers more); likewise the state. An
+# equal-length value is replaced: the writer read it and found it unusable (corrupt), or another
+# server computed the same value. KEYS: hist, tok, kv, state
+# ARGV: n, tok, kv_mode (none|set|append), kv_head, kv_payload, expected_head, expected_strlen,
+#       state (whole value, '' = none), kv_ttl   ->  {kv written, state written}
+WRITE_STATE = _COMMON + """
+local n = tonumber(ARGV[1])
+if redis.call('GET', KEYS[2]) ~= ARGV[2] or redis.call('LLEN', KEYS[1]) < n then return {0, 0} end
+local ttl = tonumber(ARGV[9])
+local kv_ok, st_ok = 0, 0
+local mode = ARGV[3]
+if mode == 'append' then
+  if redis.call('GETRANGE', KEYS[3], 0, 31) == ARGV[6]
+      and redis.call('STRLEN', KEYS[3]) == tonumber(ARGV[7]) then
+    redis.call('SETRANGE', KEYS[3], 0, ARGV[4])
+    redis.call('APPEND', KEYS[3], ARGV[5])
+    kv_ok = 1
+  end
+elseif mode == 'set' then
+  if covered(redis.call('GET', KEYS[3]), 'PKV2', ARGV[2]) <= n then
+    redis.call('SET', KEYS[3], ARGV[4] .. ARGV[5])
+    kv_ok = 1
+  end
 end
-touch(KEYS[1], ARGV[6])
-return 1
+if kv_ok == 1 and ttl > 0 then redis.call('EXPIRE', KEYS[3], ttl) end
+if ARGV[8] ~= '' and covered(redis.call('GET', KEYS[4]), 'PST1', ARGV[2]) <= n then
+  redis.call('SET', KEYS[4], ARGV[8])
+  if ttl > 0 then redis.call('EXPIRE', KEYS[4], ttl) end
+  st_ok = 1
+end
+return {kv_ok, st_ok}
 """
 
 # KEYS: every key of the user this server knows  ->  number deleted

@@ -8,9 +8,13 @@ scores any per-stream/per-step vectors a model reports under the same exclusions
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from .state import top_covers
 
 
 def exclude_items(scores: Tensor, item_lists: Sequence[Tensor], per_row: bool | None = None) -> None:
@@ -72,3 +76,74 @@ def explain_details(details: dict, model, row: int, excluded: Tensor, k: int) ->
         else:
             out[key] = value[row].tolist()
     return out
+
+
+def rank_states(model, states: Sequence, ks: Sequence[int], exclude_seen: Sequence[bool],
+                explain: Sequence[bool], exclude: Sequence[Sequence[int]] | None = None,
+                ) -> list[tuple[list[int], list[float], dict | None]]:
+    """Top-k (item indices, scores, explain dict or None) of each `UserState`, best first.
+
+    Scores are `model.score(state.vector)`; a state's `seen` items are excluded when
+    exclude_seen[b], plus exclude[b] when given. A state's stored top list answers exclude_seen
+    requests it covers (k within the list, or the list holds every unseen item) without scoring;
+    the others are scored. Every path that answers a user (fresh compute or a stored state) ranks
+    through here, and the stored list is made here too (`with_top`), so they cannot drift apart.
+    """
+    if not states:
+        return []
+    out: list = [None] * len(states)
+    n_items = model.cfg.n_items
+    scored = []
+    for b, s in enumerate(states):
+        covered = exclude_seen[b] and not (exclude is not None and len(exclude[b])) and (
+            top_covers(len(s.top_items), len(s.seen), n_items, ks[b]))
+        if covered and not (explain[b] and s.details):
+            k = min(ks[b], len(s.top_items))
+            out[b] = (s.top_items[:k].tolist(), s.top_scores[:k].tolist(), None)
+        else:
+            scored.append(b)
+    if scored:
+        ranked = _score_and_rank(model, [states[b] for b in scored], [ks[b] for b in scored],
+                                 [exclude_seen[b] for b in scored], [explain[b] for b in scored],
+                                 None if exclude is None else [exclude[b] for b in scored])
+        for b, answer in zip(scored, ranked):
+            out[b] = answer
+    return out
+
+
+def with_top(model, states: Sequence, top: int) -> list:
+    """`states` with their stored top lists: the best `top` unseen items of each, ranked by the
+    same scoring as any request (so a slice of the list is exactly that request's answer)."""
+    if not states or top < 1:
+        return list(states)
+    ranked = _score_and_rank(model, states, [top] * len(states), [True] * len(states),
+                             [False] * len(states))
+    return [replace(s, top_items=np.asarray(items, np.uint32), top_scores=np.asarray(values, np.float32))
+            for s, (items, values, _) in zip(states, ranked)]
+
+
+def _score_and_rank(model, states: Sequence, ks: Sequence[int], exclude_seen: Sequence[bool],
+                    explain: Sequence[bool], exclude: Sequence[Sequence[int]] | None = None,
+                    ) -> list[tuple[list[int], list[float], dict | None]]:
+    device = model.encoder.item_emb.weight.device
+    vectors = torch.stack([s.vector for s in states]).to(device)  # (B, D)
+    scores = model.score(vectors)  # (B, n_items + 1), column 0 -inf
+    excluded = []
+    for b, s in enumerate(states):
+        items = torch.from_numpy(s.seen.astype("int64")) if exclude_seen[b] else _EMPTY
+        if exclude is not None and len(exclude[b]):
+            items = torch.cat([items, torch.as_tensor(list(exclude[b]), dtype=torch.long)])
+        excluded.append(items)
+    exclude_items(scores, excluded)
+    tops = top_k(scores, ks, [t.numel() for t in excluded])
+    out = []
+    for b, (s, (items, values)) in enumerate(zip(states, tops)):
+        info = None
+        if explain[b] and s.details:
+            details = {key: value.unsqueeze(0).to(device) for key, value in s.details.items()}
+            info = explain_details(details, model, 0, torch.isinf(scores[b]), ks[b])
+        out.append((items, values, info))
+    return out
+
+
+_EMPTY = torch.zeros(0, dtype=torch.long)

@@ -1,5 +1,5 @@
 """HTTP routes, thin by rule: schema in -> one service call -> schema out. Registered in server.app."""
 
-from . import events, ops, recommend, users
+from . import events, items, ops, playground, recommend, users
 
-__all__ = ["events", "ops", "recommend", "users"]
+__all__ = ["events", "items", "ops", "playground", "recommend", "users"]

@@ -1,16 +1,21 @@
 """POST /events: append interactions to a user's history (all or nothing, idempotent by event_id)."""
 
-from fastapi import APIRouter, Depends
+import time
 
-from ..deps import require_api_key, services
-from ..schemas import EventsRequest, EventsResponse, item_strs
+from fastapi import APIRouter, Request, Response
+
+from ..schemas import EventsRequest, EventsResponse
 from ..services import Services
+from .recommend import encode
 
-router = APIRouter(tags=["events"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["events"])  # API key: server.app adds it when one is set
 
 
 @router.post("/events", response_model=EventsResponse,
              responses={422: {"description": "bad input or unknown item ids (nothing written)"},
-                        503: {"description": "store down"}})
-async def append_events(body: EventsRequest, svc: Services = Depends(services)) -> dict:
-    return await svc.append_events(body.user_id, item_strs(body.item_ids), body.event_id)
+                        503: {"description": "store down, overloaded or shutting down "
+                                             "(Retry-After)"}})
+async def append_events(body: EventsRequest, request: Request) -> Response:
+    handler = time.perf_counter()
+    svc: Services = request.app.state.plr.services  # no Depends: the hot path skips resolution
+    return encode(svc, "events", request, await svc.append_events(body, request.is_disconnected), handler)

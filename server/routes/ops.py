@@ -4,12 +4,12 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..deps import app_state, require_api_key, services
+from ..deps import app_state, services
 from ..lifecycle import AppState
 from ..schemas import HealthResponse, ModelsResponse
 from ..services import Services
 
-models_router = APIRouter(tags=["models"], dependencies=[Depends(require_api_key)])
+models_router = APIRouter(tags=["models"])  # API key: server.app adds it when one is set
 probes_router = APIRouter(tags=["operations"])
 
 

@@ -1,20 +1,37 @@
 """POST /recommend (contract v1, docs/api.md)."""
 
-from fastapi import APIRouter, Depends
+import time
 
-from ..deps import require_api_key, services
-from ..schemas import RecommendRequest, RecommendResponse, item_strs
-from ..services import RecommendQuery, Services
+import orjson
+from fastapi import APIRouter, Request, Response
 
-router = APIRouter(tags=["recommend"], dependencies=[Depends(require_api_key)])
+from ..middleware import ARRIVED
+from ..schemas import RecommendRequest, RecommendResponse
+from ..services import Services
+
+router = APIRouter(tags=["recommend"])  # API key: server.app adds it when one is set
 
 
 @router.post("/recommend", response_model=RecommendResponse,
              responses={404: {"description": "unknown model"}, 422: {"description": "bad input"},
-                        503: {"description": "store down and the request needs stored state"}})
-async def recommend(body: RecommendRequest, svc: Services = Depends(services)) -> dict:
-    query = RecommendQuery(
-        user_id=body.user_id, history=item_strs(body.history), k=body.k, model=body.model,
-        exclude_seen=body.exclude_seen, use_cache=body.use_cache, explain=body.explain,
-    )
-    return await svc.recommend(query)
+                        503: {"description": "store down and the request needs stored state, "
+                                             "overloaded, or shutting down (Retry-After)"}})
+async def recommend(body: RecommendRequest, request: Request) -> Response:
+    handler = time.perf_counter()
+    svc: Services = request.app.state.plr.services  # no Depends: the hot path skips resolution
+    return encode(svc, "recommend", request, await svc.recommend(body, request.is_disconnected), handler)
+
+
+def encode(svc: Services, route: str, request: Request, answer: dict, handler: float) -> Response:
+    """The answer as JSON bytes (orjson; the dict is built to the response model's shape, which
+    the tests check, so it is not validated a second time), with the parse and encode stages."""
+    started = time.perf_counter()
+    content = orjson.dumps(answer)
+    done = time.perf_counter()
+    model = answer.get("model", "all")
+    arrived = request.scope.get(ARRIVED)
+    metrics = svc.metrics
+    if arrived is not None:
+        metrics.stage(route, model, "parse", handler - arrived)
+    metrics.stage(route, model, "encode", done - started)
+    return Response(content, media_type="application/json")

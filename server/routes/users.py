@@ -4,11 +4,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path
 
-from ..deps import require_api_key, services
+from ..deps import services
 from ..schemas import USER_ID_PATTERN, DeleteUserResponse, UserResponse
 from ..services import Services
 
-router = APIRouter(tags=["users"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["users"])  # API key: server.app adds it when one is set
 UserIdPath = Annotated[str, Path(pattern=USER_ID_PATTERN, description="1-128 chars of [A-Za-z0-9._:@-]")]
 _ERRORS = {404: {"description": "no stored history for this user"}, 503: {"description": "store down"}}
 

@@ -11,6 +11,7 @@ import pytest
 from loadtest import procs, prom, report
 from loadtest.stats import (
     goodput,
+    is_error,
     parse_locust_stats,
     passes_slo,
     percentile,
@@ -400,9 +401,18 @@ def test_locust_smoke_against_the_empty_app(empty_server, workload, tmp_path):
         cmd, cwd=procs.REPO, env=procs.single_thread_env(), capture_output=True, timeout=60
     )
     assert done.returncode == 0, done.stderr.decode()[-2000:]
-    summary = summarize_step(read_request_rows(tmp_path / "requests.csv"), 40, 2.5)
-    assert summary["errors"] == 0 and rate_matches(40, summary["achieved_rate"])
-    assert summary["by_name"]["steady"]["n"] > 0
+    rows = read_request_rows(tmp_path / "requests.csv")
+    # The open-loop plan, checked exactly: one row per scheduled arrival at its scheduled time, in
+    # its phase, none dropped, failed or left unfinished. Whether the sends kept to the schedule
+    # (achieved rate) depends on the machine: benchmarks report it (docs/latency.md), a shared CI
+    # core cannot pass/fail on it.
+    planned = [round(t, 6) for t in arrival_offsets(40, 0.5 + 2.5)]
+    assert len(planned) == 120
+    assert sorted(r["t_sched_s"] for r in rows) == planned
+    assert all(r["phase"] == ("warmup" if r["t_sched_s"] < 0.5 else "measure") for r in rows)
+    assert [r for r in rows if is_error(r)] == []
+    summary = summarize_step(rows, 40, 2.5)
+    assert summary["errors"] == 0 and summary["by_name"]["steady"]["n"] > 0
     locust = parse_locust_stats(tmp_path / "run_stats.csv")
     assert locust["Aggregated"]["requests"] > 0 and locust["Aggregated"]["failures"] == 0
     assert json.loads((tmp_path / "workload.json").read_text())["synthetic"] is True

@@ -55,7 +55,10 @@ def make_client(models_dir, redis_url):
     stack = contextlib.ExitStack()
 
     def make(raise_server_exceptions: bool = True, **overrides) -> TestClient:
-        values = dict(models_dir=models_dir, redis_url=redis_url)  # default batching
+        # default batching; no compiled graphs (a build takes a minute: tests/inference does it)
+        # compute inline on the event loop, as a one-core CPU server runs (tests that need the
+        # compute thread ask for it)
+        values = dict(models_dir=models_dir, redis_url=redis_url, compile="off", compute="inline")
         values.update(overrides)
         app = create_app(Settings(**values))
         return stack.enter_context(TestClient(app, raise_server_exceptions=raise_server_exceptions))

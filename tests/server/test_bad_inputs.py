@@ -1,10 +1,13 @@
-"""Every bad input is a 4xx with a message naming the field (and limit), and writes nothing."""
+"""Every bad input is a 4xx with a message naming the field (and limit), and writes nothing: not on
+an empty database, not to a user with stored state (history, event ids, caches, their TTLs), and
+the event_id of a rejected /events is not recorded (its corrected retry is applied)."""
 
 from __future__ import annotations
 
 import pytest
 
-from server_helpers import ITEM_IDS
+from server_helpers import ITEM_IDS, settle
+from server.store import events_key
 
 GOOD = ITEM_IDS[:3]
 CASES = [
@@ -30,8 +33,15 @@ CASES = [
     ("post", "/recommend", {"user_id": "u", "history": GOOD, "use_cache": "no"}, 422, "use_cache"),
     ("post", "/recommend", [GOOD], 422, "body"),
     ("post", "/events", {"user_id": "u", "item_ids": []}, 422, "item_ids"),
+    ("post", "/events", {"user_id": "u", "item_ids": [], "event_id": "e-bad"}, 422, "item_ids"),
     ("post", "/events", {"user_id": "u", "item_ids": GOOD * 334}, 422, "at most 1000"),
+    ("post", "/events", {"user_id": "u", "item_ids": GOOD * 334, "event_id": "e-bad"}, 422,
+     "at most 1000"),
     ("post", "/events", {"user_id": "u", "item_ids": GOOD + ["nope"]}, 422, "nope"),
+    ("post", "/events", {"user_id": "u", "item_ids": GOOD + ["nope"], "event_id": "e-bad"}, 422,
+     "nope"),
+    ("post", "/events", {"user_id": "u", "item_ids": GOOD, "event_id": "e-bad", "x": 1}, 422,
+     '"x"'),
     ("post", "/events", {"item_ids": GOOD}, 422, "user_id"),
     ("post", "/events", {"user_id": "a/b", "item_ids": GOOD}, 422, "user_id"),
     ("post", "/events", {"user_id": "u", "item_ids": GOOD, "event_id": ""}, 422, "event_id"),
@@ -46,6 +56,28 @@ def strict_client(make_client):
     return make_client(max_history=20)
 
 
+def store_user(client, user_id: str = "u") -> None:
+    """A user with a history, a recorded event id and a cache of each model."""
+    body = {"user_id": user_id, "item_ids": ITEM_IDS[10:14], "event_id": "e-ok"}
+    assert client.post("/events", json=body).status_code == 200
+    for model in ("plr", "sasrec"):
+        answer = client.post("/recommend", json={"user_id": user_id, "model": model})
+        assert answer.status_code == 200 and answer.json()["cache"] == "miss"
+    settle(client)
+
+
+def snapshot(raw_redis) -> dict:
+    """Every key's serialized value (DUMP) and remaining time to live in ms."""
+    return {key: (raw_redis.dump(key), raw_redis.pttl(key)) for key in raw_redis.keys()}
+
+
+def assert_unchanged(before: dict, after: dict) -> None:
+    assert sorted(after) == sorted(before)
+    for key, (value, ttl) in before.items():
+        assert after[key][0] == value, f"{key} changed"
+        assert after[key][1] <= ttl, f"{key}: TTL refreshed ({ttl} -> {after[key][1]} ms)"
+
+
 @pytest.mark.parametrize("method,path,body,status,needle", CASES,
                          ids=[f"{c[0]} {c[1]} {str(c[2])[:40]}" for c in CASES])
 def test_bad_input_is_4xx_with_a_clear_message_and_writes_nothing(
@@ -56,6 +88,24 @@ def test_bad_input_is_4xx_with_a_clear_message_and_writes_nothing(
     assert response.status_code == status, response.text
     assert needle in response.text
     assert raw_redis.dbsize() == 0
+    # Again for a user with stored state: nothing read-and-refreshed, nothing written.
+    store_user(strict_client)
+    before = snapshot(raw_redis)
+    assert len(before) == 7  # history, token, event ids, two caches, two states
+    response = getattr(strict_client, method)(path, **kwargs)
+    assert response.status_code == status and needle in response.text
+    assert_unchanged(before, snapshot(raw_redis))
+    assert raw_redis.zscore(events_key("u"), "e-bad") is None
+
+
+def test_a_rejected_events_id_is_not_recorded_so_its_corrected_retry_applies(client, raw_redis):
+    store_user(client)
+    bad = {"user_id": "u", "item_ids": GOOD + ["nope"], "event_id": "order-1"}
+    assert client.post("/events", json=bad).status_code == 422
+    assert raw_redis.zscore(events_key("u"), "order-1") is None
+    fixed = client.post("/events", json={**bad, "item_ids": GOOD})
+    assert fixed.status_code == 200 and fixed.json()["applied"] is True
+    assert fixed.json()["history_length"] == 4 + len(GOOD)
 
 
 def test_malformed_json_is_422(client, raw_redis):

@@ -1,4 +1,5 @@
-"""MicroBatcher: concurrent submits share one process() call; errors reach every waiter."""
+"""MicroBatcher: concurrent submits share one process() call; errors reach every waiter; the
+queue is bounded, late and abandoned works are shed, shutdown answers 503."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import asyncio
 
 import pytest
 
-from server.batcher import ComputeWorker, MicroBatcher
+from server.batcher import DISCONNECT_CHECK_S, ComputeWorker, MicroBatcher
+from server.errors import Overloaded, ShuttingDown
 
 
 def test_concurrent_requests_are_grouped_and_answered_in_order():
@@ -85,6 +87,18 @@ def test_batch_errors_propagate_to_each_waiter_and_per_item_errors_to_one():
     assert isinstance(second[0], ValueError) and second[1] == 3
 
 
+def test_an_inline_worker_runs_on_the_event_loop_thread():
+    import threading
+
+    worker = ComputeWorker("t", inline=True)
+
+    async def go():
+        return await worker.run(lambda: threading.current_thread() is threading.main_thread())
+
+    assert asyncio.run(go()) is True
+    worker.close()
+
+
 def test_compute_worker_runs_off_the_event_loop_one_at_a_time():
     import threading
 
@@ -109,39 +123,112 @@ def test_compute_worker_runs_off_the_event_loop_one_at_a_time():
     assert peak[0] == 1 and all(n.startswith("compute-t") for n in names)
 
 
-def test_stop_fails_pending_waiters_instead_of_hanging():
+def test_stop_answers_queued_waiters_shutting_down_and_refuses_new_ones():
+    release = None
+
     async def process(items):
-        await asyncio.sleep(10)
+        await release.wait()
+        return list(items)
 
     async def go():
-        b = MicroBatcher(process, max_size=8, max_wait_s=5.0)
+        nonlocal release
+        release = asyncio.Event()
+        b = MicroBatcher(process, max_size=1)
         b.start()
-        waiter = asyncio.ensure_future(b.submit(1))
+        running = asyncio.ensure_future(b.submit(1))  # in flight when stop() is called
         await asyncio.sleep(0.01)
+        queued = asyncio.ensure_future(b.submit(2))
+        await asyncio.sleep(0.01)
+        stopping = asyncio.ensure_future(b.stop())
+        await asyncio.sleep(0.01)
+        release.set()
+        await stopping
+        with pytest.raises(ShuttingDown):
+            await queued
+        with pytest.raises(ShuttingDown):
+            await b.submit(3)
+        return await running  # a batch in flight still finishes
+
+    assert asyncio.run(go()) == 1
+
+
+def test_a_full_queue_refuses_at_once_and_late_or_abandoned_works_are_shed():
+    release, shed, processed = None, [], []
+
+    async def process(items):
+        processed.extend(items)
+        await release.wait()
+        return list(items)
+
+    async def gone():
+        return True
+
+    async def go():
+        nonlocal release
+        release = asyncio.Event()
+        b = MicroBatcher(process, max_size=8, max_queue=3, deadline_s=0.05, on_shed=shed.append)
+        b.start()
+        busy = asyncio.ensure_future(b.submit("busy"))
+        await asyncio.sleep(0.01)
+        late = asyncio.ensure_future(b.submit("late"))
+        await asyncio.sleep(0.08)  # waits past its deadline while the slot is busy
+        left = asyncio.ensure_future(b.submit("left", disconnected=gone))
+        fine = asyncio.ensure_future(b.submit("fine"))
+        await asyncio.sleep(DISCONNECT_CHECK_S + 0.01)
+        with pytest.raises(Overloaded):
+            await b.submit("one too many")  # queue holds late, left, fine
+        release.set()
+        results = await asyncio.gather(busy, late, left, fine, return_exceptions=True)
         await b.stop()
-        with pytest.raises(RuntimeError):
-            await waiter
+        return results
 
-    asyncio.run(go())
+    busy, late, left, fine = asyncio.run(go())
+    assert busy == "busy" and fine == "fine"
+    assert isinstance(late, Overloaded) and isinstance(left, asyncio.CancelledError)
+    assert processed == ["busy", "fine"]  # shed works cost no compute
+    assert sorted(shed) == ["deadline", "disconnected", "queue_full"]
 
 
-def test_a_failing_job_does_not_fail_the_rest_of_its_batch(make_client, monkeypatch):
-    import concurrent.futures
-
+def test_a_failing_work_does_not_fail_the_rest_of_its_batch(client, monkeypatch):
     from server_helpers import ITEM_IDS
 
-    client = make_client(batch_max_wait_ms=50, raise_server_exceptions=False)
-    engine = client.app.state.plr.runtimes["plr"].engine
-    real = engine.recommend
+    from server.compute import RankSpec, Work
 
-    def flaky(requests):  # the engine rejects any batch containing a 3-item history
-        if any(len(r.history) == 3 for r in requests):
+    state = client.app.state.plr
+    rt = state.runtimes["plr"]
+    real = rt.engine.advance
+
+    def flaky(steps):  # the engine rejects any batch containing a 3-item history
+        if any(len(s.new_items) == 3 for s in steps):
             raise ValueError("engine says no")
-        return real(requests)
+        return real(steps)
 
-    monkeypatch.setattr(engine, "recommend", flaky)
-    bodies = [{"history": ITEM_IDS[:n]} for n in (2, 3, 4, 5)]
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        codes = list(pool.map(lambda b: client.post("/recommend", json=b).status_code, bodies))
-    assert codes == [200, 500, 200, 200]
-    assert 'plr_errors_total{kind="internal"} 1.0' in client.get("/metrics").text
+    monkeypatch.setattr(rt.engine, "advance", flaky)
+    works = [Work(rt, RankSpec(5), history=ITEM_IDS[:n]) for n in (2, 3, 4, 5)]
+    pipeline = state.batcher._process
+    results = client.portal.call(pipeline, works)  # one batch, deterministically
+    assert [type(r).__name__ for r in results] == ["WorkResult", "ValueError", "WorkResult",
+                                                  "WorkResult"]
+    assert all(len(r.ranked[0]) == 5 for r in results if not isinstance(r, Exception))
+    assert 'plr_errors_total{kind="batch_split"} 1.0' in client.get("/metrics").text
+
+
+def test_submit_many_leaves_in_one_batch_with_each_result_in_its_place():
+    calls = []
+
+    async def process(items):
+        calls.append(list(items))
+        return [ValueError("bad") if i == 2 else i * 10 for i in items]
+
+    async def go():
+        b = MicroBatcher(process, max_size=8, max_queue=3)
+        b.start()
+        out = await b.submit_many([1, 2, 3])
+        with pytest.raises(Overloaded):
+            await b.submit_many([4, 5, 6, 7])  # more than the queue holds: refused whole
+        await b.stop()
+        return out
+
+    out = asyncio.run(go())
+    assert calls == [[1, 2, 3]]
+    assert out[0] == 10 and isinstance(out[1], ValueError) and out[2] == 30

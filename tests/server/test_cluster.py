@@ -9,7 +9,7 @@ import time
 import pytest
 import redis
 
-from server_helpers import ITEM_IDS
+from server_helpers import ITEM_IDS, assert_same_answer
 from server.embedded_redis import EmbeddedRedis
 from server.store import hist_key
 
@@ -74,9 +74,9 @@ def test_server_on_a_redis_cluster(make_client, cluster):
                                          "event_id": f"{u}-{step}"})  # retried: no-op
             cached = client.post("/recommend", json={"user_id": u, "k": 5}).json()
             full = client.post("/recommend", json={"user_id": u, "k": 5, "use_cache": False}).json()
-            assert cached["items"] == full["items"] or all(
-                abs(a["score"] - b["score"]) < 1e-4 for a, b in zip(cached["items"], full["items"]))
-    assert client.post("/recommend", json={"user_id": users[0]}).json()["cache"] == "hit"
+            assert cached["cache"] == ("miss" if step == 0 else "precomputed")
+            assert_same_answer(cached, full)
+    assert client.post("/recommend", json={"user_id": users[0]}).json()["cache"] == "precomputed"
     replaced = client.post("/recommend", json={"user_id": users[1], "history": ITEM_IDS[30:33]})
     assert replaced.json()["cache"] == "rebuilt"
     assert client.delete(f"/users/{users[2]}").status_code == 200

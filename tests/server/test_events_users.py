@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from server_helpers import ITEM_IDS
-from server.store import events_key, hist_key, kv_key
+from server_helpers import ITEM_IDS, settle
+from server.store import events_key, hist_key, kv_key, state_key, token_key
 
 
 def post_events(client, **body):
@@ -47,11 +47,13 @@ def test_unknown_items_in_user_history_write_nothing(client, raw_redis):
     assert client.get("/users/u1").json()["history"] == ITEM_IDS[:2]
 
 
-def test_delete_forgets_history_events_and_caches(client, raw_redis):
+def test_delete_forgets_history_events_caches_and_states(client, raw_redis):
     post_events(client, user_id="u1", item_ids=ITEM_IDS[:3], event_id="e")
     client.post("/recommend", json={"user_id": "u1"})
+    settle(client)
     version = client.get("/models").json()["models"][0]["version"]
-    assert raw_redis.exists(hist_key("u1"), events_key("u1"), kv_key("u1", version)) == 3
+    assert raw_redis.exists(hist_key("u1"), token_key("u1"), events_key("u1"),
+                            kv_key("u1", version), state_key("u1", version)) == 5
     assert client.delete("/users/u1").json() == {"user_id": "u1", "deleted": True}
     assert raw_redis.dbsize() == 0
     assert client.get("/users/u1").status_code == 404
@@ -64,7 +66,10 @@ def test_history_ttl_is_applied_when_configured(make_client, raw_redis):
     client = make_client(history_ttl_seconds=100, kv_ttl_seconds=50)
     post_events(client, user_id="u1", item_ids=ITEM_IDS[:2], event_id="e")
     client.post("/recommend", json={"user_id": "u1"})
+    settle(client)
     version = client.get("/models").json()["models"][0]["version"]
     assert 50 < raw_redis.ttl(hist_key("u1")) <= 100
+    assert 50 < raw_redis.ttl(token_key("u1")) <= 100
+    assert 0 < raw_redis.ttl(state_key("u1", version)) <= 50
     assert 50 < raw_redis.ttl(events_key("u1")) <= 100
     assert 0 < raw_redis.ttl(kv_key("u1", version)) <= 50

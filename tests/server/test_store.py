@@ -1,14 +1,27 @@
-"""RedisStore against a real embedded redis-server: atomic, conditional, idempotent writes."""
+"""RedisStore against a real embedded redis-server: atomic, conditional, idempotent writes; history
+tokens; the idempotency window; TTLs; error replies vs an unreachable store."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
+import redis
 
-from server.cache_envelope import HEADER_LEN, Envelope
+from server.envelope import KV_MAGIC, STATE_MAGIC, Envelope
 from server.errors import StoreUnavailable
-from server.store import KVWrite, RedisStore, StateRead, UserState, hist_key, kv_key
+from server.store import (
+    CircuitBreaker,
+    IdempotencyPolicy,
+    RedisStore,
+    StateWrite,
+    events_key,
+    hist_key,
+    kv_key,
+    state_key,
+    token_key,
+)
 
 
 def run(coro):
@@ -23,44 +36,110 @@ async def with_store(url, fn, **kw):
         await store.close()
 
 
+def write(view, user="u", version="v", state=b"S", kv=b"ROWS", mode="set", **kw) -> StateWrite:
+    """A StateWrite for what `view` (a UserView) says the history is."""
+    return StateWrite(
+        user, version, view.length, view.token, kv_mode=mode,
+        kv_head=Envelope(KV_MAGIC, view.length, view.token).pack(), kv_payload=kv,
+        state=Envelope(STATE_MAGIC, view.length, view.token).pack() + state if state else b"",
+        **kw)
+
+
 def test_events_are_all_or_nothing_and_applied_once(redis_url, raw_redis):
     async def go(store):
-        assert await store.append_events("u", ["a", "b"], "e1") == (True, 2)
-        assert await store.append_events("u", ["a", "b"], "e1") == (False, 2)  # retry: no-op
-        assert await store.append_events("u", ["c"], "e2") == (True, 3)
-        return await store.get_history("u")
+        first = await store.append_events("u", ["a", "b"], "e1", [])
+        again = await store.append_events("u", ["a", "b"], "e1", [])  # retry: a no-op
+        third = await store.append_events("u", ["c"], "e2", [])
+        return first, again, third, await store.get_history("u")
 
-    assert run(with_store(redis_url, go)) == ["a", "b", "c"]
+    first, again, third, history = run(with_store(redis_url, go))
+    assert (first.applied, first.length, again.applied, again.length) == (True, 2, False, 2)
+    assert (third.applied, third.length) == (True, 3) and history == ["a", "b", "c"]
+    assert first.token == again.token == third.token and len(first.token) == 16
     assert raw_redis.ttl(hist_key("u")) == -1  # history never expires unless configured
 
 
-def test_append_and_read_returns_what_a_read_would_in_the_same_step(redis_url, raw_redis):
+def test_events_without_an_id_are_all_applied_and_their_ids_do_not_pile_up(redis_url, raw_redis):
     async def go(store):
-        assert await store.append_events_and_read("u", ["a"], "e1", ["v1", "v2"]) == (
-            True, 1, [UserState(["a"], None, "read"), UserState(["a"], None, "read")])
-        raw_redis.set(kv_key("u", "v2"), b"CACHE")
-        applied = await store.append_events_and_read("u", ["b", "c"], "e2", ["v1", "v2"])
-        repeated = await store.append_events_and_read("u", ["b", "c"], "e2", ["v2"])
-        reads = await store.read_states([StateRead("u", "v1"), StateRead("u", "v2")])
-        return applied, repeated, reads
+        for _ in range(3):
+            await store.append_events("u", ["a"], None, [])
+        return await store.get_history("u")
 
-    applied, repeated, reads = run(with_store(redis_url, go, kv_ttl_seconds=60))
-    assert applied == (True, 3, reads)
-    assert reads == [UserState(["a", "b", "c"], None, "read"),
-                     UserState(["a", "b", "c"], b"CACHE", "read")]
-    assert repeated == (False, 3, [reads[1]])  # not applied again, still read
-    assert 0 < raw_redis.ttl(kv_key("u", "v2")) <= 60  # reading a cache refreshes its TTL
+    assert run(with_store(redis_url, go)) == ["a", "a", "a"]
+    # The ids made for them are kept auto_keep_s only: scored that far into the window's past.
+    now_ms = time.time() * 1000
+    scores = [s for _, s in raw_redis.zrange(events_key("u"), 0, -1, withscores=True)]
+    window, keep = IdempotencyPolicy().window_s * 1000, IdempotencyPolicy().auto_keep_s * 1000
+    assert len(scores) == 3 and all(s < now_ms - window + keep + 5000 for s in scores)
 
 
-def test_sync_history_extends_a_prefix_and_replaces_otherwise(redis_url):
+def test_the_idempotency_window_evicts_ids_one_by_one_by_count_and_age(redis_url, raw_redis):
     async def go(store):
-        await store.append_events("u", ["a", "b"], "e1")
-        (s1,) = await store.read_states([StateRead("u", "v", ["a", "b", "c"])])
-        (s2,) = await store.read_states([StateRead("u", "v", ["a", "b", "c"])])
-        (s3,) = await store.read_states([StateRead("u", "v", ["x"])])
-        return s1.history_action, s2.history_action, s3.history_action, await store.get_history("u")
+        for i in range(5):
+            await store.append_events("u", [str(i)], f"e{i}", [])
+        oldest_gone = await store.append_events("u", ["x"], "e0", [])  # evicted: applied again
+        newest_kept = await store.append_events("u", ["x"], "e4", [])  # still in the window
+        return oldest_gone.applied, newest_kept.applied
 
-    assert run(with_store(redis_url, go)) == ("extended", "unchanged", "replaced", ["x"])
+    policy = IdempotencyPolicy(window_s=3600, max_ids=3)
+    assert run(with_store(redis_url, go, idempotency=policy)) == (True, False)
+    assert raw_redis.zcard(events_key("u")) == 3  # never more than max_ids, never emptied
+
+    async def by_age(store):
+        await store.append_events("w", ["a"], "old", [])
+        raw_redis.zadd(events_key("w"), {"old": time.time() * 1000 - 7200 * 1000})  # 2 h ago
+        await store.append_events("w", ["b"], "new", [])  # evicts ids older than the window
+        return (await store.append_events("w", ["a"], "old", [])).applied
+
+    assert run(with_store(redis_url, by_age, idempotency=policy)) is True
+
+
+def test_append_returns_what_a_read_would_in_the_same_step(redis_url, raw_redis):
+    async def go(store):
+        appended = await store.append_events("u", ["a", "b"], "e1", ["v1"])
+        read = await store.read("u", ["v1"])
+        return appended, read
+
+    appended, read = run(with_store(redis_url, go))
+    for view in (appended, read):
+        (model,) = view.models
+        assert (view.length, model.items, model.base, model.kv, model.fresh_state) == (
+            2, ["a", "b"], 0, None, None)
+    assert appended.token == read.token
+
+
+def test_reads_return_only_the_state_when_it_is_current_else_what_computing_needs(redis_url):
+    async def go(store):
+        view = await store.append_events("u", ["a", "b"], "e1", ["v"])
+        assert await store.write_states([write(view)]) == [(True, True)]
+        fresh = await store.read("u", ["v"])
+        skipped = await store.read("u", ["v"], skip_state=True)
+        grown = await store.append_events("u", ["c"], "e2", ["v"])
+        return fresh.models[0], skipped.models[0], grown.models[0]
+
+    fresh, skipped, grown = run(with_store(redis_url, go))
+    assert fresh.fresh_state.endswith(b"S") and fresh.items is None and fresh.kv is None
+    assert skipped.fresh_state is None and skipped.items == ["a", "b"] and skipped.kv
+    # state and cache cover the same prefix: only the new entries are read
+    assert (grown.base, grown.items) == (2, ["c"]) and grown.base_state and grown.kv
+
+
+def test_sync_extends_a_prefix_and_replaces_otherwise_with_a_new_token(redis_url):
+    async def go(store):
+        first = await store.append_events("u", ["a", "b"], "e1", [])
+        extended = await store.sync("u", ["a", "b", "c"], [])
+        unchanged = await store.sync("u", ["a", "b", "c"], [])
+        replaced = await store.sync("u", ["x"], [])
+        retried = await store.append_events("u", ["b"], "e1", [])  # its history is gone
+        return first, extended, unchanged, replaced, retried, await store.get_history("u")
+
+    first, extended, unchanged, replaced, retried, history = run(with_store(redis_url, go))
+    assert [v.action for v in (extended, unchanged, replaced)] == ["extended", "unchanged",
+                                                                    "replaced"]
+    assert first.token == extended.token == unchanged.token != replaced.token
+    # The replacing history is authoritative: the replaced events' ids went with them, so a
+    # retried event is applied to the new history rather than silently lost.
+    assert retried.applied and history == ["x", "b"]
 
 
 def test_histories_read_back_exactly_whatever_the_item_ids_hold(redis_url):
@@ -69,70 +148,136 @@ def test_histories_read_back_exactly_whatever_the_item_ids_hold(redis_url):
            "tab\tnl\n", "é", "中文", "🙂", "\x7f", " "]
 
     async def go(store):
-        assert await store.read_states([StateRead("u", None)]) == [UserState([], None, "read")]
-        (empty,) = await store.read_states([StateRead("u", "v")])
-        await store.append_events("u", odd, "e1")
-        states = await store.read_states([StateRead("u", "v"), StateRead("u", None)])
-        return empty.history, [s.history for s in states], await store.get_history("u")
+        empty = await store.read("u", ["v"])
+        await store.append_events("u", odd, "e1", [])
+        view = await store.read("u", ["v"])
+        return empty, view.models[0].items, await store.get_history("u")
 
-    empty, states, stored = run(with_store(redis_url, go))
-    assert empty == [] and states == [odd, odd] and stored == odd
+    empty, items, stored = run(with_store(redis_url, go))
+    assert (empty.length, empty.token, empty.models[0].items) == (0, "", [])
+    assert items == odd and stored == odd
 
 
-def test_kv_writes_are_compare_and_set(redis_url, raw_redis):
-    hist = ["a", "b", "c"]
-    head2 = Envelope.for_history("fp32", hist, 2).pack()
-    head3 = Envelope.for_history("fp32", hist, 3).pack()
-
+def test_writes_are_refused_once_the_history_they_were_made_for_is_gone(redis_url, raw_redis):
     async def go(store):
-        first = KVWrite("u", "v", b"", head2, b"ROWS")
-        assert await store.write_caches([first, first]) == [True, False]  # 2nd saw a stale head
-        append = KVWrite("u", "v", head2, head3, b"+", append=True, expected_strlen=HEADER_LEN + 4)
-        wrong_len = KVWrite("u", "v", head2, head3, b"+", append=True, expected_strlen=99)
-        assert await store.write_caches([wrong_len]) == [False]
-        assert await store.write_caches([append, append]) == [True, False]
+        view = await store.append_events("u", ["a"], "e1", [])
+        await store.delete_user("u", ["v"])
+        after_delete = await store.write_states([write(view)])  # a write racing a DELETE
+        view = await store.append_events("u", ["a"], "e1", [])
+        await store.sync("u", ["z"], [])
+        after_replace = await store.write_states([write(view)])
+        view = await store.read("u", [])
+        ok = await store.write_states([write(view)])
+        return after_delete, after_replace, ok
+
+    assert run(with_store(redis_url, go)) == ([(False, False)], [(False, False)], [(True, True)])
+    assert raw_redis.exists(hist_key("u"), kv_key("u", "v"), state_key("u", "v")) == 3
+
+
+def test_cache_writes_are_compare_and_set_and_never_go_backwards(redis_url, raw_redis):
+    async def go(store):
+        v1 = await store.append_events("u", ["a"], "e1", [])
+        first = write(v1, kv=b"ROWS")
+        assert await store.write_states([first]) == [(True, True)]
+        v2 = await store.append_events("u", ["b"], "e2", [])
+        stored = raw_redis.get(kv_key("u", "v"))
+        append = write(v2, kv=b"+", mode="append", expected_head=stored[:32],
+                       expected_strlen=len(stored))
+        wrong_len = write(v2, kv=b"+", mode="append", expected_head=stored[:32],
+                          expected_strlen=99)
+        assert await store.write_states([wrong_len]) == [(False, True)]
+        assert await store.write_states([append, append]) == [(True, True), (False, True)]
+        # An older computation arriving late never replaces the newer cache and state.
+        assert await store.write_states([write(v1, state=b"OLD")]) == [(False, False)]
 
     run(with_store(redis_url, go, kv_ttl_seconds=60))
     value = raw_redis.get(kv_key("u", "v"))
-    assert value == head3 + b"ROWS+"
-    assert 0 < raw_redis.ttl(kv_key("u", "v")) <= 60
+    assert value[32:] == b"ROWS+" and Envelope.unpack(value).length == 2
+    assert raw_redis.get(state_key("u", "v")).endswith(b"S")
+    assert 0 < raw_redis.ttl(kv_key("u", "v")) <= 60 and 0 < raw_redis.ttl(state_key("u", "v"))
 
 
-def test_long_histories_are_trimmed_and_histories_chunk_past_lua_limits(redis_url):
+def test_history_keys_expire_together_and_reads_never_refresh_ttls(redis_url, raw_redis):
     async def go(store):
-        await store.append_events("u", [str(i) for i in range(2500)], "big")
-        (state,) = await store.read_states([StateRead("u", "v", [str(i) for i in range(9000)])])
-        await store.append_events("u", ["x"] * 2000, "more")  # 11000 > max_stored: keep half
-        return len(state.history), len(await store.get_history("u"))
+        view = await store.append_events("u", ["a"], "e1", ["v"])
+        await store.write_states([write(view)])
+        raw_redis.expire(kv_key("u", "v"), 30)
+        await store.read("u", ["v"])
+        await store.read("u", ["v"], skip_state=True)
+        await store.sync("u", ["a"], ["v"])  # unchanged: a read
 
-    assert run(with_store(redis_url, go, max_stored_history=10_000)) == (9000, 5000)
+    run(with_store(redis_url, go, history_ttl_seconds=100, kv_ttl_seconds=60))
+    pipe = raw_redis.pipeline(transaction=True)  # one instant: equal TTLs = one expiry time
+    for key in (hist_key("u"), token_key("u"), events_key("u")):
+        pipe.pttl(key)
+    assert len(set(pipe.execute())) == 1  # history, token and event ids expire together
+    assert 0 < raw_redis.ttl(hist_key("u")) <= 100
+    assert raw_redis.ttl(kv_key("u", "v")) <= 30  # the reads did not push it back to 60
 
 
-def test_envelope_matches_only_its_own_history_prefix():
-    env = Envelope.for_history("fp16", ["a", "b", "c"], 2)
-    assert Envelope.unpack(env.pack()) == env
-    assert env.matches(["a", "b"]) and env.matches(["a", "b", "z"])
-    assert not env.matches(["a"]) and not env.matches(["a", "x", "c"])
-    assert Envelope.unpack(b"garbage" * 10) is None
-
-
-def test_store_down_raises_unavailable_then_recovers_by_itself(redis_server, redis_url):
+def test_long_histories_are_trimmed_under_a_new_token_and_chunk_past_lua_limits(redis_url):
     async def go(store):
-        await store.append_events("u", ["a"], "e1")
+        first = await store.append_events("u", [str(i) for i in range(2500)], "big", [])
+        synced = await store.sync("u", [str(i) for i in range(9000)], [])
+        trimmed = await store.append_events("u", ["x"] * 2000, "more", [])  # 11000 > max
+        return first, synced, trimmed, len(await store.get_history("u"))
+
+    first, synced, trimmed, length = run(with_store(redis_url, go, max_stored_history=10_000))
+    assert (synced.length, trimmed.length, length) == (9000, 5000, 5000)
+    assert first.token == synced.token != trimmed.token  # trimmed: every cache is a rebuild
+
+
+def test_an_error_reply_fails_that_call_only_and_never_opens_the_breaker(redis_url, raw_redis):
+    raw_redis.set(hist_key("broken"), "not a list")  # WRONGTYPE for every script touching it
+
+    async def go(store):
+        with pytest.raises(StoreUnavailable) as err:
+            await store.read("broken", ["v"])
+        assert err.value.reason == "error_reply" and store.breaker.retry_after() == 0
+        view = await store.append_events("u", ["a"], "e1", [])  # other users are fine
+        raw_redis.config_set("maxmemory", 1)
+        try:
+            with pytest.raises(StoreUnavailable) as oom:
+                await store.append_events("u", ["b"], "e2", [])
+        finally:
+            raw_redis.config_set("maxmemory", 0)
+        assert oom.value.reason == "oom" and store.breaker.retry_after() == 0
+        other = await store.append_events("u2", ["a"], "e1", [])
+        raw_redis.rpush(kv_key("u2", "v"), "not a string")
+        replies = await store.write_states([write(view), write(other, user="u2")])
+        return (await store.read("u", [])).length, replies
+
+    length, replies = run(with_store(redis_url, go))
+    assert length == 1
+    assert replies[0] == (True, True) and isinstance(replies[1], StoreUnavailable)
+
+
+def test_store_down_raises_unavailable_then_the_open_breaker_fails_fast(redis_server, redis_url):
+    async def go(store):
+        await store.append_events("u", ["a"], "e1", [])
         redis_server.stop(kill=True)
         with pytest.raises(StoreUnavailable) as err:
             await store.get_history("u")
-        assert err.value.retry_after >= 1
-        with pytest.raises(StoreUnavailable):  # breaker open: fails fast, no connect attempt
+        assert err.value.reason == "unreachable"
+        redis_server.start()  # back already, but the breaker is open: no connection attempt
+        with pytest.raises(StoreUnavailable) as fast:
             await store.ping()
-        redis_server.start()
-        for _ in range(50):  # breaker window is at most 2 s
-            try:
-                return await store.ping()
-            except StoreUnavailable:
-                await asyncio.sleep(0.1)
+        assert fast.value.reason == "breaker_open"
+        await asyncio.sleep(store.breaker.retry_after() + 0.05)
+        return await store.ping()
 
     assert run(with_store(redis_url, go)) is True
+
+
+def test_the_breaker_window_grows_with_failures_and_retry_after_follows_it():
+    breaker = CircuitBreaker(base_s=1.0, cap_s=8.0)
+    waits = []
+    for _ in range(5):
+        breaker.failure()
+        waits.append(StoreUnavailable(breaker.retry_after()).retry_after)
+    assert waits == [1, 2, 4, 8, 8]
+    breaker.success()
+    assert breaker.retry_after() == 0
 
 
 def test_pooled_connections_reconnect_after_a_restart(redis_server, redis_url):
@@ -144,3 +289,29 @@ def test_pooled_connections_reconnect_after_a_restart(redis_server, redis_url):
         return await store.get_history("nobody")
 
     assert run(with_store(redis_url, go)) == []
+
+
+def test_scripts_survive_a_redis_that_forgot_them(redis_url, raw_redis):
+    async def go(store):
+        view = await store.append_events("u", ["a"], "e1", [])
+        raw_redis.script_flush()  # a restarted or failed-over node: EVALSHA says NOSCRIPT
+        replies = await store.write_states([write(view)])
+        raw_redis.script_flush()
+        return replies, (await store.read("u", [])).length
+
+    assert run(with_store(redis_url, go)) == ([(True, True)], 1)
+
+
+def test_a_connection_error_is_not_mistaken_for_an_error_reply():
+    store = RedisStore("redis://127.0.0.1:1", timeout_s=0.2)
+
+    async def go():
+        try:
+            with pytest.raises(StoreUnavailable) as err:
+                await store.read("u", [])
+            return err.value.reason, store.breaker.retry_after() > 0
+        finally:
+            await store.close()
+
+    assert run(go()) == ("unreachable", True)
+    assert issubclass(redis.ConnectionError, redis.RedisError)

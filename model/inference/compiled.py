@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 GRAPH_NAMES = ("append1", "prefill")
 MANIFEST = "manifest.json"
-FORMAT = 3  # bump when the graphs' inputs or outputs change, or how they are compiled
+FORMAT = 4  # bump when the graphs' inputs or outputs change, or how they are compiled
 
 
 class CompiledUnavailable(RuntimeError):
@@ -118,11 +118,14 @@ class Prefill(nn.Module):
         return (_rows(kv, hidden), vector, values, indices) + tuple(details[n] for n in self.details)
 
 
-# Every matmul of a batch-1 graph is a (1..max_len) x d x d product: as ATen calls each costs a
+# Every matmul of a one-new-item graph is a (1..M) x d x d product: as an ATen call each costs a
 # dispatch (~2-5 us) for ~0.1 us of arithmetic. Autotuning with Inductor's C++ GEMM template in
 # the running lets the build inline the ones where it wins: PLR's append graph went from 196 to
-# 98 us per call on this machine (docs/inference.md has the engine rows), for ~1 minute more build.
+# 98 us per call here, for a minute or two more of build. Only the append graph: a prefill's
+# matmuls have up to max_len rows, where the template picked at the export's small example size
+# lost to ATen (make bench, 2026-11-30: PLR prefill of 200 items 1.6 -> 2.3 ms).
 INDUCTOR_CONFIGS = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+AUTOTUNED = ("append1",)
 
 
 def _heads(rows: Tensor, offset: int, d: int, n_heads: int) -> Tensor:
@@ -154,8 +157,8 @@ def build_packages(model: SequentialRecommender, model_version: str, root: Path,
     """Export and compile both graphs for this model into root/<key>/ (atomically: a temporary
     directory renamed into place, so a reader never sees half a build). Minutes of CPU. `top`:
     the stored answer's length (the engine's), at most the catalogue. `autotune`: pick each
-    matmul's kernel by timing (INDUCTOR_CONFIGS; what serving builds); False compiles faster
-    with ATen matmuls (tests). Each package is checked against the eager module before it is
+    matmul kernel of the append graph by timing (INDUCTOR_CONFIGS, AUTOTUNED; what serving
+    builds); False compiles faster with ATen matmuls only (tests). Each package is checked against the eager module before it is
     kept (`_verify`): a build whose outputs differ raises CompiledUnavailable."""
     target = Path(root) / package_key(model_version)
     if (target / MANIFEST).exists():
@@ -185,7 +188,7 @@ def build_packages(model: SequentialRecommender, model_version: str, root: Path,
             package = str(tmp / f"{name}.pt2")
             torch._inductor.aoti_compile_and_package(
                 exported, package_path=package,
-                inductor_configs=INDUCTOR_CONFIGS if autotune else {})
+                inductor_configs=INDUCTOR_CONFIGS if autotune and name in AUTOTUNED else {})
             timings[name] = round(time.perf_counter() - started, 1)
             _verify(name, module, package, cfg)
     manifest = {"format": FORMAT, "model_version": model_version, "torch": torch.__version__,

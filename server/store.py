@@ -355,7 +355,13 @@ class RedisStore(Store):
         calls = [self._write_call([writes[i] for i in group]) for group in members]
 
         async def run():
-            if self.cluster:  # a cluster pipeline refuses EVALSHA: one call per user, at once
+            if len(calls) == 1:  # the usual case (one user per batch): no pipeline, ~30 us less
+                keys, args = calls[0]
+                try:
+                    replies = [await self.redis.evalsha(script.sha, len(keys), *keys, *args)]
+                except rex.ResponseError as exc:  # an error reply: this call's result, as below
+                    replies = [exc]
+            elif self.cluster:  # a cluster pipeline refuses EVALSHA: one call per user, at once
                 replies = await asyncio.gather(
                     *(self.redis.evalsha(script.sha, len(k), *k, *a) for k, a in calls),
                     return_exceptions=True)

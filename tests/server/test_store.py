@@ -265,11 +265,13 @@ def test_an_error_reply_fails_that_call_only_and_never_opens_the_breaker(redis_u
         other = await store.append_events("u2", ["a"], "e1", [])
         raw_redis.rpush(kv_key("u2", "v"), "not a string")
         replies = await store.write_states([write(view), write(other, user="u2")])
-        return (await store.read("u", [])).length, replies
+        alone = await store.write_states([write(other, user="u2")])  # one call: no pipeline
+        return (await store.read("u", [])).length, replies + alone
 
     length, replies = run(with_store(redis_url, go))
     assert length == 1
     assert replies[0] == (True, True) and isinstance(replies[1], StoreUnavailable)
+    assert isinstance(replies[2], StoreUnavailable) and replies[2].reason == "error_reply"
 
 
 def test_store_down_raises_unavailable_then_the_open_breaker_fails_fast(redis_server, redis_url):
@@ -314,12 +316,15 @@ def test_pooled_connections_reconnect_after_a_restart(redis_server, redis_url):
 def test_scripts_survive_a_redis_that_forgot_them(redis_url, raw_redis):
     async def go(store):
         view = await store.append_events("u", ["a"], "e1", [])
+        other = await store.append_events("w", ["a"], "e1", [])
         raw_redis.script_flush()  # a restarted or failed-over node: EVALSHA says NOSCRIPT
-        replies = await store.write_states([write(view)])
+        replies = await store.write_states([write(view)])  # one call
+        raw_redis.script_flush()
+        replies += await store.write_states([write(view), write(other, user="w")])  # pipelined
         raw_redis.script_flush()
         return replies, (await store.read("u", [])).length
 
-    assert run(with_store(redis_url, go)) == ([(True, True)], 1)
+    assert run(with_store(redis_url, go)) == ([(True, True)] * 3, 1)
 
 
 def test_a_connection_error_is_not_mistaken_for_an_error_reply():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model.config import ModelConfig
-from model.data import InteractionLog, build_dataset, leave_one_out
+from experiment_helpers import synthetic_data
 from model.evaluate import user_vectors
 from model.experiments import analyses
 from model.experiments.analyses import (
@@ -35,16 +35,6 @@ TINY_PLR = dict(kind="plr", d_model=16, n_layers=2, n_heads=2, d_ff=32, max_len=
 TINY_TRAIN = dict(epochs=1, patience=1, batch_size=16, num_threads=1, device="cpu")
 
 
-def synthetic_data(n_users=30, n_items=50, seed=0):
-    """SYNTHETIC users of 4..25 random items; never reported as real data."""
-    rng = np.random.default_rng(seed)
-    rows = [(f"u{u}", f"i{int(rng.integers(n_items))}", float(t))
-            for u in range(n_users) for t in range(int(rng.integers(4, 26)))]
-    users, items, times = map(np.array, zip(*rows))
-    dataset = build_dataset(InteractionLog(users, items, times, name="synthetic"))
-    return dataset, leave_one_out(dataset)
-
-
 # -- 1. corrupted histories ----------------------------------------------------------------------
 def test_dropping_keeps_order_drops_the_fraction_and_never_empties():
     prefix = np.arange(1, 21)
@@ -60,7 +50,7 @@ def test_dropping_keeps_order_drops_the_fraction_and_never_empties():
 
 
 def test_corruption_is_seeded_per_user_whatever_the_order_of_the_pairs():
-    _, split = synthetic_data()
+    _, split = synthetic_data(n_items=50, max_events=25)
     once = corrupt_pairs(split.test, split.eval_users, 0.3, seed=5)
     again = corrupt_pairs(split.test, split.eval_users, 0.3, seed=5)
     backwards = corrupt_pairs(split.test[::-1], split.eval_users[::-1], 0.3, seed=5)[::-1]
@@ -78,7 +68,7 @@ def tiny_plr(n_items):
 
 
 def test_stream_distances_are_zero_for_identical_streams_and_positive_otherwise():
-    dataset, split = synthetic_data()
+    dataset, split = synthetic_data(n_items=50, max_events=25)
     model = tiny_plr(dataset.n_items)
     with torch.no_grad():
         model.triggers.copy_(model.triggers[0].expand_as(model.triggers))  # identical streams
@@ -109,7 +99,7 @@ def test_stream_divergence_on_hand_made_vectors():
 
 
 def test_reasoning_states_are_the_inference_path_of_the_model():
-    dataset, split = synthetic_data()
+    dataset, split = synthetic_data(n_items=50, max_events=25)
     model = tiny_plr(dataset.n_items)
     prefixes = [p for p, _ in split.test]
     (h0, states, gate), = list(reasoning_states(model, prefixes, batch_size=len(prefixes)))

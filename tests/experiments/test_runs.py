@@ -3,26 +3,15 @@ scratch state lives, and that a record of another configuration is refused."""
 
 import json
 
-import numpy as np
 import pytest
 
-from model.data import InteractionLog, build_dataset, leave_one_out
+from experiment_helpers import synthetic_data
 from model.experiments import runs
 from model.experiments.runs import RunSpec, execute, read_record
 
 TINY_PLR = dict(kind="plr", d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=10,
                 dropout=0.1, n_streams=2, n_steps=2, rcl_weight=0.1)
 TINY_TRAIN = dict(epochs=2, patience=5, batch_size=16, seed=3)
-
-
-def synthetic_data(n_users=30, n_items=40, seed=0):
-    """SYNTHETIC users of 4..20 random items; never reported as real data."""
-    rng = np.random.default_rng(seed)
-    rows = [(f"u{u}", f"i{int(rng.integers(n_items))}", float(t))
-            for u in range(n_users) for t in range(int(rng.integers(4, 21)))]
-    users, items, times = map(np.array, zip(*rows))
-    dataset = build_dataset(InteractionLog(users, items, times, name="synthetic"))
-    return dataset, leave_one_out(dataset)
 
 
 @pytest.fixture

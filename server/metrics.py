@@ -50,6 +50,7 @@ class Metrics:
         self._children: dict[tuple, object] = {}
         self.requests_in_flight = 0  # HTTP requests in flight now (MetricsMiddleware), as a plain int
         self._gc_started = 0.0
+        self._gc_callback = None
 
     def watch_gc(self) -> None:
         """Observe every cycle-collector pause of the process from now on (gc.callbacks)."""
@@ -64,9 +65,9 @@ class Metrics:
         self._gc_callback = callback
 
     def unwatch_gc(self) -> None:
-        callback = getattr(self, "_gc_callback", None)
-        if callback in gc.callbacks:
-            gc.callbacks.remove(callback)
+        if self._gc_callback in gc.callbacks:
+            gc.callbacks.remove(self._gc_callback)
+        self._gc_callback = None
 
     def _child(self, metric, *labels):
         """metric.labels(*labels), looked up once: labels() costs more than the observation."""

@@ -208,8 +208,8 @@ def _verify(name: str, module: nn.Module, package: str, cfg, rtol: float = 1e-4,
     runner = torch._inductor.aoti_load_package(package)
     gen = torch.Generator().manual_seed(0)
     width = (2 * cfg.n_layers + 1) * cfg.d_model
-    top = max(2, cfg.max_len - 1)
-    for length in sorted({2, (2 + top) // 2, top}):
+    longest = max(2, cfg.max_len - 1)  # of an append's past (a prefill gets one item more)
+    for length in sorted({2, (2 + longest) // 2, longest}):
         seen = torch.randperm(cfg.n_items, generator=gen)[:3].sort().values + 1
         if name == "append1":
             args = (torch.randn(1, length, width, generator=gen),

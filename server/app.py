@@ -13,11 +13,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from .deps import require_api_key
-from .errors import InputError, StoreUnavailable, Unavailable, UnknownModel, UnknownUser
+from .errors import ServiceError, error_reply
+from .hot_routes import HotRoutes
 from .lifecycle import AppState
 from .middleware import BodyLimitMiddleware, MetricsMiddleware
 from .routes import events, items, ops, playground, recommend, users
@@ -57,7 +58,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=playground.STATIC_DIR), name="static")
     _register_errors(app, state)
     # The last added is the outermost: metrics see every response, 413s included; the size
-    # limit still applies before anything reads the body.
+    # limit still applies before anything reads the body; the hot routes sit inside both.
+    if settings.hot_routes:
+        app.add_middleware(HotRoutes, state=state,
+                           routes=[*recommend.router.routes, *events.router.routes])
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics,
                        max_concurrency=settings.max_concurrency)
@@ -79,27 +83,14 @@ def _register_errors(app: FastAPI, state: AppState) -> None:
         count("invalid_request")
         return JSONResponse({"detail": _validation_detail(exc.errors())}, status_code=422)
 
-    @app.exception_handler(InputError)
-    async def invalid_input(request: Request, exc: InputError):
-        count("invalid_request")
-        detail = {"loc": list(exc.field), "msg": exc.message, "type": exc.kind}
-        if isinstance(exc.value, list):
-            detail["input"] = exc.value[:100]
-        return JSONResponse({"detail": [detail]}, status_code=422)
-
-    @app.exception_handler(UnknownModel)
-    @app.exception_handler(UnknownUser)
-    async def not_found(request: Request, exc: Exception):
-        count("not_found")
-        return JSONResponse({"detail": str(exc)}, status_code=404)
-
-    @app.exception_handler(Unavailable)
-    async def unavailable(request: Request, exc: Unavailable):
-        count(exc.kind)
-        if isinstance(exc, StoreUnavailable):
-            count(f"store_{exc.reason}")
-        return JSONResponse({"detail": str(exc)}, status_code=503,
-                            headers={"Retry-After": str(exc.retry_after)})
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError):
+        reply = error_reply(exc, count)
+        if reply is None:
+            return await internal(request, exc)
+        status, content, headers = reply
+        return Response(content, status_code=status, headers=headers,
+                        media_type="application/json")
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception):

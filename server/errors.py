@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+import orjson
+
 
 class ServiceError(Exception):
     """Base of every error the HTTP layer knows how to answer."""
@@ -75,3 +77,26 @@ class ShuttingDown(Unavailable):
 
     def __init__(self):
         super().__init__("server is shutting down; retry on another instance")
+
+
+def error_reply(exc: BaseException, count) -> tuple[int, bytes, dict[str, str]] | None:
+    """The HTTP answer to a domain error, as (status, JSON body, extra headers), after counting it
+    with `count(kind)` (plr_errors_total); None for anything that is not one (a bug: the caller
+    lets it become a logged 500). The app's exception handlers and the hot routes both use this,
+    so one error reads the same whichever path served the request."""
+    if isinstance(exc, InputError):
+        count("invalid_request")
+        detail = {"loc": list(exc.field), "msg": exc.message, "type": exc.kind}
+        if isinstance(exc.value, list):
+            detail["input"] = exc.value[:100]
+        return 422, orjson.dumps({"detail": [detail]}), {}
+    if isinstance(exc, (UnknownModel, UnknownUser)):
+        count("not_found")
+        return 404, orjson.dumps({"detail": str(exc)}), {}
+    if isinstance(exc, Unavailable):
+        count(exc.kind)
+        if isinstance(exc, StoreUnavailable):
+            count(f"store_{exc.reason}")
+        return 503, orjson.dumps({"detail": str(exc)}), {"Retry-After": str(exc.retry_after)}
+    return None
+

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     # One log line per request costs ~20 us of a ~300 us request: off unless asked for (the
     # Prometheus request metrics count every request anyway).
     access_log: bool = False
+    # Serve well-formed POST /recommend and /events without FastAPI's route dispatch (same
+    # contract; anything unusual still goes through FastAPI): server/hot_routes.py.
+    hot_routes: bool = True
     # Freeze the start-up heap out of the cycle collector and collect less often (lifecycle.py).
     gc_freeze: bool = True
 

@@ -23,15 +23,19 @@ async def recommend(body: RecommendRequest, request: Request) -> Response:
 
 
 def encode(svc: Services, route: str, request: Request, answer: dict, handler: float) -> Response:
+    content = encode_answer(svc.metrics, route, answer, handler, request.scope.get(ARRIVED))
+    return Response(content, media_type="application/json")
+
+
+def encode_answer(metrics, route: str, answer: dict, handler: float, arrived: float | None) -> bytes:
     """The answer as JSON bytes (orjson; the dict is built to the response model's shape, which
-    the tests check, so it is not validated a second time), with the parse and encode stages."""
+    the tests check, so it is not validated a second time), with the parse stage (arrival to
+    `handler`, when the route started) and the encode stage."""
     started = time.perf_counter()
     content = orjson.dumps(answer)
     done = time.perf_counter()
     model = answer.get("model", "all")
-    arrived = request.scope.get(ARRIVED)
-    metrics = svc.metrics
     if arrived is not None:
         metrics.stage(route, model, "parse", handler - arrived)
     metrics.stage(route, model, "encode", done - started)
-    return Response(content, media_type="application/json")
+    return content

@@ -48,10 +48,9 @@ end
 -- {3, false, kv or false, 0, whole history, stale} otherwise (kv only when it is a prefix;
 -- stale = 1 when a cache existed but could not be used).
 local function model_view(hist, n, tok, st_key, kv_key, skip_state, hint)
-  local st = false
-  if not skip_state then st = redis.call('GET', st_key) end
-  local ls = covered(st, 'PST1', tok)
-  if ls == n then return {1, st} end
+  local ls = -1  -- the state's envelope first: after an append it is stale, and never copied
+  if not skip_state then ls = covered(redis.call('GETRANGE', st_key, 0, 31), 'PST1', tok) end
+  if ls == n then return {1, redis.call('GET', st_key)} end
   if hint ~= '' and redis.call('GETRANGE', kv_key, 0, 31) == hint then
     local lh = covered(hint, 'PKV2', tok)
     if lh >= 0 and lh <= n then
@@ -63,7 +62,7 @@ local function model_view(hist, n, tok, st_key, kv_key, skip_state, hint)
   local stale = 0
   if kv and (lk < 0 or lk > n) then kv = false; stale = 1 end
   if kv and ls == lk then
-    return {2, st, kv, lk, json_list(redis.call('LRANGE', hist, lk, -1))}
+    return {2, redis.call('GET', st_key), kv, lk, json_list(redis.call('LRANGE', hist, lk, -1))}
   end
   return {3, false, kv, 0, json_list(redis.call('LRANGE', hist, 0, -1)), stale}
 end
@@ -182,6 +181,9 @@ return {applied, n, tok, views(n, tok, 4, false, 9)}
 #       expected_head, expected_strlen, state (whole value, '' = none)
 # -> {kv written, state written} per write, flattened
 WRITE_STATE = _COMMON + """
+local function set(key, value, ttl)  -- with its TTL in the same command
+  if ttl > 0 then redis.call('SET', key, value, 'EX', ttl) else redis.call('SET', key, value) end
+end
 local n = tonumber(ARGV[1])
 local current = redis.call('GET', KEYS[2]) == ARGV[2] and redis.call('LLEN', KEYS[1]) >= n
 local ttl = tonumber(ARGV[3])
@@ -196,18 +198,17 @@ for w = 0, (#KEYS - 2) / 2 - 1 do
           and redis.call('STRLEN', kv_key) == tonumber(ARGV[a + 5]) then
         redis.call('SETRANGE', kv_key, 0, ARGV[a + 2])
         redis.call('APPEND', kv_key, ARGV[a + 3])
+        if ttl > 0 then redis.call('EXPIRE', kv_key, ttl) end
         kv_ok = 1
       end
     elseif mode == 'set' then
       if covered(redis.call('GETRANGE', kv_key, 0, 31), 'PKV2', ARGV[2]) <= n then
-        redis.call('SET', kv_key, ARGV[a + 2] .. ARGV[a + 3])
+        set(kv_key, ARGV[a + 2] .. ARGV[a + 3], ttl)
         kv_ok = 1
       end
     end
-    if kv_ok == 1 and ttl > 0 then redis.call('EXPIRE', kv_key, ttl) end
     if ARGV[a + 6] ~= '' and covered(redis.call('GETRANGE', st_key, 0, 31), 'PST1', ARGV[2]) <= n then
-      redis.call('SET', st_key, ARGV[a + 6])
-      if ttl > 0 then redis.call('EXPIRE', st_key, ttl) end
+      set(st_key, ARGV[a + 6], ttl)
       st_ok = 1
     end
   end

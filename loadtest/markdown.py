@@ -337,9 +337,17 @@ def _sequential_headline(seq: dict | None, models: list[str], goals: dict) -> li
                          f"<= {goals['p50_ratio']}", _met(ratio, goals["p50_ratio"])])
     ev = _seq_row(seq, "/events", "server", 1)
     ratio = ev and ev["vs_floor_p50"]
-    rows.append(["/events (one item, stored user) p50 / floor p50, closed loop c=1",
+    rows.append([f"/events (one item, stored user) p50 / floor p50, closed loop c=1, server "
+                 f"with {' + '.join(m for m in (a, b) if m)} (both advance per event)",
                  _f(ratio, 2), f"<= {goals['events_vs_floor']}",
                  _met(ratio, goals["events_vs_floor"])])
+    solo = seq.get("solo")
+    ev = solo and _seq_row(seq, "/events", solo, 1)
+    if ev:
+        ratio = ev["vs_floor_p50"]
+        rows.append([f"/events p50 / floor p50, closed loop c=1, a server with {a} alone",
+                     _f(ratio, 2), f"<= {goals['events_vs_floor']}",
+                     _met(ratio, goals["events_vs_floor"])])
     return rows
 
 
@@ -357,7 +365,10 @@ def _sequential(seq: dict | None) -> list[str]:
         f"next request when the answer arrives; targets alternate, {seq['rounds']} rounds of "
         f"{seq['round_s']:g} s each, so the floor (the empty FastAPI app) is measured in the same "
         "rounds. /recommend is by user_id, k=10; /events appends one item of the user's real "
-        "future (both models' caches and states advance).",
+        "future (both models' caches and states advance)."
+        + (f" Target `{seq['solo']}`: a second server (same core, its own embedded Redis) that "
+           "serves that model alone, as a deployment of one model would: its /events advances "
+           "one model. The stage table is the two-model server's." if seq.get("solo") else ""),
         "",
     ]
     lines += _table(["route", "target", "c", "n", "req/s", "p50 ms", "p90 ms", "p99 ms",

@@ -94,10 +94,11 @@ def ensure_workload(run_dir: Path, args, mode, facts: dict) -> Path:
 # --- servers ------------------------------------------------------------------------------------
 
 
-def served_models_dir(run_dir: Path, models_dir: Path, models: list[str]) -> Path:
+def served_models_dir(run_dir: Path, models_dir: Path, models: list[str],
+                      name: str = "served_models") -> Path:
     """A directory of links to just the compared checkpoints: the server loads every checkpoint
     it finds and /events extends a cache per loaded model, so extra models would skew /events."""
-    served = run_dir / "served_models"
+    served = run_dir / name
     shutil.rmtree(served, ignore_errors=True)
     served.mkdir(parents=True)
     for name in models:
@@ -113,28 +114,34 @@ class Servers:
         self.models_dir = served_models_dir(run_dir, args.models_dir, models)
         self.default_model = models[0]
         self.server_port, self.empty_port = procs.free_port(), procs.free_port()
-        self.server = self.empty = None
+        self.server = self.empty = self.solo = None
+        self.run_dir, self.solo_port = run_dir, procs.free_port()
 
     def url(self, target: str) -> str:
-        port = self.server_port if target == "server" else self.empty_port
+        port = {"server": self.server_port, "solo": self.solo_port}.get(target, self.empty_port)
         return f"http://127.0.0.1:{port}"
 
-    def start(self):
-        cpus = _cpus(self.args.server_cpus)
+    def _spawn_server(self, models_dir: Path, default_model: str, port: int, log_name: str):
         env = procs.single_thread_env({
-            "PLR_MODELS_DIR": str(self.models_dir),
-            "PLR_DEFAULT_MODEL": self.default_model,
+            "PLR_MODELS_DIR": str(models_dir),
+            "PLR_DEFAULT_MODEL": default_model,
             "PLR_TORCH_THREADS": "1",
             "PLR_DEVICE": "cpu",
             "PLR_HOST": "127.0.0.1",
-            "PLR_PORT": str(self.server_port),
+            "PLR_PORT": str(port),
             "PLR_LOG_LEVEL": "warning",
             # Built before the run (build_graphs): a build during a step would compete for the core.
             "PLR_COMPILE": "load",
             "PLR_COMPILED_DIR": str(self.args.compiled_dir),
         })
         env.pop("REDIS_URL", None)  # the embedded Redis, started by the server on its core
-        self.server = procs.spawn(self.args.server_cmd.split(), self.logs / "server.log", env, cpus)
+        return procs.spawn(self.args.server_cmd.split(), self.logs / log_name, env,
+                           _cpus(self.args.server_cpus))
+
+    def start(self):
+        cpus = _cpus(self.args.server_cpus)
+        self.server = self._spawn_server(self.models_dir, self.default_model, self.server_port,
+                                         "server.log")
         empty_cmd = procs.uvicorn_cmd("loadtest.empty_app:app", self.empty_port)
         self.empty = procs.spawn(
             empty_cmd, self.logs / "empty.log", procs.single_thread_env(), cpus
@@ -142,12 +149,26 @@ class Servers:
         procs.wait_ready(self.url("server") + "/readyz", self.server, self.logs / "server.log")
         procs.wait_ready(self.url("empty") + "/readyz", self.empty, self.logs / "empty.log")
 
+    def start_solo(self, model: str) -> str:
+        """A second server that serves `model` alone (a deployment of just that model: /events
+        advances one model, not every compared one), on the same CPUs; its URL."""
+        models_dir = served_models_dir(self.run_dir, self.args.models_dir, [model], "served_solo")
+        self.solo = self._spawn_server(models_dir, model, self.solo_port, "server_solo.log")
+        procs.wait_ready(self.url("solo") + "/readyz", self.solo, self.logs / "server_solo.log")
+        return self.url("solo")
+
+    def stop_solo(self):
+        if self.solo is not None:
+            procs.stop(self.solo)
+            self.solo = None
+
     def check_alive(self):
         for name, proc in (("server", self.server), ("empty", self.empty)):
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.logs}")
 
     def stop(self):
+        self.stop_solo()
         procs.stop(self.server)
         procs.stop(self.empty)
 
@@ -280,8 +301,13 @@ def run_sequential(servers: Servers, workload: dict, models: list[str], mode,
         return json.loads(path.read_text())
     rounds, round_s = (5, 4.0) if mode.measure_s >= 30 else (2, 2.0)
     load_before = os.getloadavg()[0]
-    result = sequential.run(servers.url("server"), servers.url("empty"), workload, models,
-                            rounds=rounds, round_s=round_s, metrics=servers.metrics)
+    solo = servers.start_solo(models[0]) if len(models) > 1 else None
+    try:
+        result = sequential.run(servers.url("server"), servers.url("empty"), workload, models,
+                                rounds=rounds, round_s=round_s, metrics=servers.metrics,
+                                solo_url=solo)
+    finally:
+        servers.stop_solo()  # the ladder and the other steps run against the one server
     result["loadavg_1m"] = [load_before, os.getloadavg()[0]]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))

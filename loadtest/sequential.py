@@ -7,7 +7,8 @@ model, then measures with `loadtest.closed_loop` (c keep-alive connections, next
 as the answer is back) and returns one row per (route, target, concurrency) with p50/p90/p99,
 throughput and the ratio to the floor measured in the same rounds, plus the server's stage
 waterfall per route (its GET /metrics histograms, diffed). /recommend is by user_id (the stored
-state answers); /events appends one item of the user's real future to a stored user.
+state answers); /events appends one item of the user's real future to a stored user. With
+`solo_url`, a server serving the first model alone is measured in the same rounds too.
 """
 
 from __future__ import annotations
@@ -68,23 +69,38 @@ def _row(route: str, target: str, c: int, result, seconds: float, floor) -> dict
     }
 
 
+def solo_name(model: str) -> str:
+    """The target name of the server that serves `model` alone."""
+    return f"{model}-alone"
+
+
 def run(server_url: str, empty_url: str, workload: dict, models: list[str],
         concurrencies=(1, 4), rounds: int = 5, round_s: float = 4.0,
-        metrics=lambda: "") -> dict:
+        metrics=lambda: "", solo_url: str | None = None) -> dict:
+    """`solo_url`: a second server serving models[0] alone, measured in the same rounds (its
+    /events advances one model instead of every compared one)."""
     pool = workload["pools"]["near_max"]
     users = prepare_users(server_url, pool, models, "seq")
+    solo = solo_name(models[0])
+    if solo_url:
+        prepare_users(solo_url, pool, models[:1], "seq")
     rows, stages = [], []
     for c in concurrencies:
         before = metrics()
         targets = [Target("floor", empty_url, "/recommend", _bodies(users, "recommend"))]
         targets += [Target(m, server_url, "/recommend", _bodies(users, "recommend", m))
                     for m in models]
+        if solo_url:
+            targets.append(Target(solo, solo_url, "/recommend",
+                                  _bodies(users, "recommend", models[0])))
         results = measure(targets, c, rounds, round_s)
         seconds = rounds * round_s
         for t in targets:
             rows.append(_row("/recommend", t.name, c, results[t.name], seconds, results["floor"]))
         events = [Target("floor", empty_url, "/events", _bodies(users, "events")),
                   Target("server", server_url, "/events", _bodies(users, "events"))]
+        if solo_url:
+            events.append(Target(solo, solo_url, "/events", _bodies(users, "events")))
         ev = measure(events, c, rounds, round_s)
         for t in events:
             rows.append(_row("/events", t.name, c, ev[t.name], seconds, ev["floor"]))
@@ -93,4 +109,5 @@ def run(server_url: str, empty_url: str, workload: dict, models: list[str],
             stages += [{**s, "concurrency": c} for s in prom.stage_table(before, after)
                        if s["metric"] == "plr_stage_seconds"]
     return {"rows": rows, "stages": stages, "users": len(users), "rounds": rounds,
-            "round_s": round_s, "concurrencies": list(concurrencies)}
+            "round_s": round_s, "concurrencies": list(concurrencies),
+            "solo": solo if solo_url else None}

@@ -449,3 +449,24 @@ def test_length_steps_start_every_user_in_warmup_and_cap_events_per_user():
             assert step.users <= step.rate * step.warmup_s  # the priming sessions fit the warm-up
             assert step.rate * step.measure_s / step.users <= MAX_EVENTS_PER_USER
             assert step.events_share == 1.0 and step.prime
+
+
+def test_sequential_headline_reports_the_two_model_server_and_the_one_model_server():
+    from loadtest.markdown import _sequential, _sequential_headline
+    from loadtest.report import GOALS
+
+    def row(route, target, ratio):
+        return {"route": route, "target": target, "concurrency": 1, "n": 10, "errors": 0,
+                "rps": 1.0, "p50_ms": ratio, "p90_ms": ratio, "p99_ms": ratio,
+                "vs_floor_p50": ratio}
+
+    seq = {"rows": [row("/recommend", "floor", 1.0), row("/recommend", "plr", 2.0),
+                    row("/recommend", "sasrec", 2.0), row("/recommend", "plr-alone", 1.9),
+                    row("/events", "floor", 1.0), row("/events", "server", 6.0),
+                    row("/events", "plr-alone", 4.5)],
+           "users": 4, "rounds": 1, "round_s": 1.0, "concurrencies": [1], "solo": "plr-alone"}
+    rows = _sequential_headline(seq, ["plr", "sasrec"], GOALS)
+    events = [r for r in rows if r[0].startswith("/events")]
+    assert [r[1] for r in events] == ["6.00", "4.50"] and [r[3] for r in events] == ["no", "yes"]
+    assert "plr + sasrec" in events[0][0] and "plr alone" in events[1][0]
+    assert "Target `plr-alone`" in "\n".join(_sequential(seq))

@@ -8,9 +8,11 @@ recommend() decides the request's `Mode` once, where it is understood:
   stored one is a prefix, else replaced), then as STORED.
 - STATELESS (history only), UNCACHED (use_cache false): computed from scratch; no cache or state
   is read or written.
-No usable history -> popularity, flagged. append_events(): all or nothing, once per event_id, then
-every loaded model's existing cache and state advance in one batch (settings.events_extend_cache);
-a user without a cache gets none built here. Writes of computed states are behind the answers.
+No usable history -> popularity, flagged. A user's stateful requests (STORED, AUTHORITATIVE,
+events) take turns in this process (server/user_turns.py). append_events(): all or nothing, once
+per event_id, then every loaded model's existing cache and state advance in one batch
+(settings.events_extend_cache); a user without a cache gets none built here. Writes of computed
+states are behind the answers.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from .runtime import ModelRuntime
 from .schemas import EventsRequest, RecommendRequest, item_strs
 from .settings import Settings
 from .store import Store, UserView
+from .user_turns import UserTurns
 from .write_behind import WriteBehind
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,7 @@ class Services:
         self.batcher, self.writes, self.metrics = batcher, writes, metrics
         self.graphs = graphs  # GraphManager: each engine's compiled / eager status
         self.near = near if near is not None else NearCache(0)
+        self.turns = UserTurns()  # a user's stateful requests one at a time, in arrival order
 
     def runtime(self, name: str | None) -> ModelRuntime:
         name = name or self.settings.default_model
@@ -117,6 +121,12 @@ class Services:
     async def _stateful(self, body: RecommendRequest, rt: ModelRuntime,
                         history: list[str] | None, spec: RankSpec,
                         disconnected: Disconnected) -> dict:
+        async with self.turns.turn(body.user_id):  # after the user's event or request in flight
+            return await self._stateful_turn(body, rt, history, spec, disconnected)
+
+    async def _stateful_turn(self, body: RecommendRequest, rt: ModelRuntime,
+                             history: list[str] | None, spec: RankSpec,
+                             disconnected: Disconnected) -> dict:
         user = body.user_id
         await self.writes.settled(user)  # this process's own pending write for the user first
         near = self.near.get(user, rt.version)
@@ -227,6 +237,11 @@ class Services:
                    if any(i not in rt.known for rt in self.runtimes.values())]
         if unknown:
             raise UnknownItems(("body", "item_ids"), unknown)
+        async with self.turns.turn(body.user_id):  # one item at a time onto a current cache
+            return await self._append_turn(body, item_ids, disconnected)
+
+    async def _append_turn(self, body: EventsRequest, item_ids: list[str],
+                           disconnected: Disconnected) -> dict:
         user = body.user_id
         await self.writes.settled(user)
         names = list(self.runtimes) if self.settings.events_extend_cache else []

@@ -23,13 +23,19 @@ async def services(request: Request) -> Services:
     return request.app.state.plr.services
 
 
+def api_key_matches(authorization: str, expected: str | None) -> bool:
+    """Whether an `Authorization` header value is `Bearer <expected>` (always, with no key set)."""
+    if expected is None:
+        return True
+    scheme, _, token = authorization.partition(" ")
+    return scheme.lower() == "bearer" and secrets.compare_digest(token.strip().encode(),
+                                                                 expected.encode())
+
+
 async def require_api_key(request: Request) -> None:
     """401 unless `Authorization: Bearer <PLR_API_KEY>` (no-op when no key is configured)."""
-    expected = request.app.state.plr.settings.api_key
-    if expected is None:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), expected.encode()):
+    if not api_key_matches(request.headers.get("authorization", ""),
+                           request.app.state.plr.settings.api_key):
         raise HTTPException(
             status_code=401,
             detail="missing or wrong API key: send 'Authorization: Bearer <key>'",

@@ -99,4 +99,3 @@ def error_reply(exc: BaseException, count) -> tuple[int, bytes, dict[str, str]] 
             count(f"store_{exc.reason}")
         return 503, orjson.dumps({"detail": str(exc)}), {"Retry-After": str(exc.retry_after)}
     return None
-

@@ -19,13 +19,13 @@ unexpected exception propagates like one from a route (ServerErrorMiddleware's l
 
 from __future__ import annotations
 
-import secrets
 import time
 
 import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
+from .deps import api_key_matches
 from .errors import error_reply
 from .middleware import ARRIVED
 from .routes.recommend import encode_answer
@@ -43,8 +43,9 @@ class HotRoutes:
                        if (path := getattr(route, "path", None)) in ("/recommend", "/events")}
 
     async def __call__(self, scope, receive, send):
-        hot = (HOT.get(scope.get("raw_path") or scope["path"].encode())
-               if scope["type"] == "http" and scope["method"] == "POST" else None)
+        path = (scope.get("raw_path") or scope["path"].encode()
+                if scope["type"] == "http" and scope["method"] == "POST" else None)
+        hot = HOT.get(path)
         if hot is None or not self._plain_json(scope):
             return await self.app(scope, receive, send)
         chunks, disconnected = [], False
@@ -62,7 +63,7 @@ class HotRoutes:
         if request is None:  # FastAPI answers it, exactly as it always has
             return await self.app(scope, _replay(body, disconnected, receive), send)
         handler = time.perf_counter()
-        route, path = hot[0], scope.get("raw_path") or scope["path"].encode()
+        route = hot[0]
         scope["route"] = self.routes.get(path)
         is_disconnected = Request(scope, receive).is_disconnected
         try:
@@ -80,7 +81,7 @@ class HotRoutes:
 
     def _plain_json(self, scope) -> bool:
         """application/json, and the API key (when one is set) as `require_api_key` wants it."""
-        content_type = authorization = None
+        content_type, authorization = None, b""
         for name, value in scope["headers"]:
             if name == b"content-type":
                 content_type = value
@@ -89,12 +90,7 @@ class HotRoutes:
         if content_type is None or content_type.split(b";", 1)[0].strip().lower() != \
                 b"application/json":
             return False
-        expected = self.state.settings.api_key
-        if expected is None:
-            return True
-        scheme, _, token = (authorization or b"").decode("latin-1").partition(" ")
-        return scheme.lower() == "bearer" and secrets.compare_digest(
-            token.strip().encode(), expected.encode())
+        return api_key_matches(authorization.decode("latin-1"), self.state.settings.api_key)
 
     @staticmethod
     def _parse(model: type[BaseModel], body: bytes):

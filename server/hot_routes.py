@@ -31,7 +31,9 @@ from .middleware import ARRIVED
 from .routes.recommend import encode_answer
 from .schemas import EventsRequest, RecommendRequest
 
-HOT = {b"/recommend": ("recommend", RecommendRequest), b"/events": ("events", EventsRequest)}
+# path -> (route label, request model, the Services method that answers it)
+HOT = {b"/recommend": ("recommend", RecommendRequest, "recommend"),
+       b"/events": ("events", EventsRequest, "append_events")}
 
 
 class HotRoutes:
@@ -63,14 +65,11 @@ class HotRoutes:
         if request is None:  # FastAPI answers it, exactly as it always has
             return await self.app(scope, _replay(body, disconnected, receive), send)
         handler = time.perf_counter()
-        route = hot[0]
+        route, _, method = hot
         scope["route"] = self.routes.get(path)
-        is_disconnected = Request(scope, receive).is_disconnected
         try:
-            if route == "recommend":
-                answer = await services.recommend(request, is_disconnected)
-            else:
-                answer = await services.append_events(request, is_disconnected)
+            answer = await getattr(services, method)(request,
+                                                     Request(scope, receive).is_disconnected)
         except Exception as exc:  # noqa: BLE001 - mapped like the app's handlers, or re-raised
             reply = error_reply(exc, services.metrics.error)
             if reply is None:

@@ -5,7 +5,8 @@ two new items on a cache the compiled append graph extends one item at a time (t
 and its cache write, computed against the same stored cache, was refused once the first write
 landed (superseded), so the event after it found the near cache stale and read and decoded the
 whole K/V from Redis. Under load that cascade fed itself (in a full load test before this
-change: p99 of 60-100 ms at 640-800 req/s, hundreds of superseded writes per step; none after). Taking turns, the second event waits for the first to finish computing (its write is then
+change: p99 of 60-100 ms at 640-800 req/s, hundreds of superseded writes per step; none after).
+Taking turns, the second event waits for the first to finish computing (its write is then
 scheduled, and `WriteBehind.settled` waits for it), and extends a current cache by one item.
 
 Contract: `async with turns.turn(user_id):` runs the body after every earlier turn of that user
@@ -47,5 +48,5 @@ class UserTurns:
 
     @property
     def open(self) -> int:
-        """Users with a turn running or waiting (for tests and metrics)."""
+        """Users with a turn running or waiting."""
         return len(self._last)

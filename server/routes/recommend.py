@@ -27,7 +27,8 @@ def encode(svc: Services, route: str, request: Request, answer: dict, handler: f
     return Response(content, media_type="application/json")
 
 
-def encode_answer(metrics, route: str, answer: dict, handler: float, arrived: float | None) -> bytes:
+def encode_answer(metrics, route: str, answer: dict, handler: float,
+                  arrived: float | None) -> bytes:
     """The answer as JSON bytes (orjson; the dict is built to the response model's shape, which
     the tests check, so it is not validated a second time), with the parse stage (arrival to
     `handler`, when the route started) and the encode stage."""

@@ -124,7 +124,9 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def append_events(self, user_id: str, item_ids: list[str], event_id: str | None,
                             versions: list[str], hints: list[bytes] | None = None) -> UserView:
-        """Append once per event id (None: no id), then read; `applied` says whether it did."""
+        """Append once per event id (None: no id), then read what extending each model's cache
+        needs; a model with no cache to extend gets a view without `kv` or `items` (events never
+        build caches: the next /recommend does). `applied` says whether it appended."""
 
     @abc.abstractmethod
     async def write_states(self, writes: list[StateWrite]) -> list[tuple[bool, bool] | Exception]:
@@ -214,6 +216,8 @@ def _views(raw: list) -> list[ModelView]:
             out.append(ModelView(base_state=view[1], kv=view[2], base=int(view[3]),
                                  items=orjson.loads(view[4]),
                                  stale_kv=mode == 3 and bool(int(view[5]))))
+        elif mode == 5:  # events: no cache to extend, nothing read
+            out.append(ModelView(stale_kv=bool(int(view[1]))))
         else:  # no history
             out.append(ModelView(items=[]))
     return out

@@ -46,8 +46,11 @@ end
 -- with its state, is the stored one: no cache or state bytes are sent);
 -- {2, state, kv, base, new items} when state and cache cover the same prefix `base`;
 -- {3, false, kv or false, 0, whole history, stale} otherwise (kv only when it is a prefix;
--- stale = 1 when a cache existed but could not be used).
-local function model_view(hist, n, tok, st_key, kv_key, skip_state, hint)
+-- stale = 1 when a cache existed but could not be used);
+-- {5, stale} instead when `extend_only` and no cache is a prefix: events only extend a cache, so
+-- nothing is read (above all not the whole history, up to max_stored entries, for a model that
+-- never served this user).
+local function model_view(hist, n, tok, st_key, kv_key, skip_state, hint, extend_only)
   local ls = -1  -- the state's envelope first: after an append it is stale, and never copied
   if not skip_state then ls = covered(redis.call('GETRANGE', st_key, 0, 31), 'PST1', tok) end
   if ls == n then return {1, redis.call('GET', st_key)} end
@@ -61,18 +64,20 @@ local function model_view(hist, n, tok, st_key, kv_key, skip_state, hint)
   local lk = covered(kv, 'PKV2', tok)
   local stale = 0
   if kv and (lk < 0 or lk > n) then kv = false; stale = 1 end
+  if extend_only and not kv then return {5, stale} end
   if kv and ls == lk then
     return {2, redis.call('GET', st_key), kv, lk, json_list(redis.call('LRANGE', hist, lk, -1))}
   end
   return {3, false, kv, 0, json_list(redis.call('LRANGE', hist, 0, -1)), stale}
 end
 -- hints: ARGV index of the first version's hint ('' = none), one per (state, kv) key pair.
-local function views(n, tok, first_key, skip_state, hints)
+local function views(n, tok, first_key, skip_state, hints, extend_only)
   local out = {}
   for i = first_key, #KEYS, 2 do
     if n == 0 then out[#out + 1] = {0} else
       local hint = ARGV[hints + (i - first_key) / 2]
-      out[#out + 1] = model_view(KEYS[1], n, tok, KEYS[i], KEYS[i + 1], skip_state, hint)
+      out[#out + 1] = model_view(KEYS[1], n, tok, KEYS[i], KEYS[i + 1], skip_state, hint,
+                                 extend_only)
     end
   end
   return out
@@ -90,7 +95,7 @@ return json_list(redis.call('LRANGE', KEYS[1], 0, -1))
 READ = _COMMON + """
 local n = redis.call('LLEN', KEYS[1])
 local tok = redis.call('GET', KEYS[2]) or ''
-return {n, tok, views(n, tok, 3, ARGV[1] == '1', 2)}
+return {n, tok, views(n, tok, 3, ARGV[1] == '1', 2, false)}
 """
 
 # Make the stored history equal the request's (authoritative) one: extend it when the stored one
@@ -128,14 +133,15 @@ if not tok then
   redis.call('SET', KEYS[2], tok)
 end
 if wrote then expire_user({KEYS[1], KEYS[2], KEYS[3]}, ARGV[2], now_ms()) end
-return {action, n, tok, views(n, tok, 4, false, 3)}
+return {action, n, tok, views(n, tok, 4, false, 3, false)}
 """
 
 # All-or-nothing append, applied once per event_id within the idempotency window: ids live in a
 # sorted set scored by the time they were applied and are evicted one by one, by age (window_ms)
 # and by count (max_ids), oldest first; ids the server makes for id-less events are kept only
 # auto_keep_ms (enough to dedupe the client library's own reconnect retry). Past max_stored the
-# oldest half of the history is dropped (new token: caches rebuild once). Then READ.
+# oldest half of the history is dropped (new token: caches rebuild once). Then READ, extend-only:
+# a model with no cache to extend gets {5, stale} (the next /recommend builds it).
 # KEYS: hist, tok, eids, then (state, kv) pairs
 # ARGV: event_id, is_auto, new_token, hist_ttl_ms, max_stored, window_ms, max_ids, auto_keep_ms,
 #       a near-cache hint per version, item ids...   ->  {applied, n, tok, view per version}
@@ -166,7 +172,7 @@ if not redis.call('ZSCORE', KEYS[3], ARGV[1]) then
 end
 local n = redis.call('LLEN', KEYS[1])
 local tok = redis.call('GET', KEYS[2]) or ''
-return {applied, n, tok, views(n, tok, 4, false, 9)}
+return {applied, n, tok, views(n, tok, 4, false, 9, true)}
 """
 
 # Store what was computed for the history (n, tok), for one or more model versions of one user

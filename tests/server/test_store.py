@@ -94,18 +94,23 @@ def test_the_idempotency_window_evicts_ids_one_by_one_by_count_and_age(redis_url
     assert run(with_store(redis_url, by_age, idempotency=policy)) is True
 
 
-def test_append_returns_what_a_read_would_in_the_same_step(redis_url, raw_redis):
+def test_append_reads_only_what_extending_a_cache_needs(redis_url, raw_redis):
+    # Events never build a cache, so a model with none to extend gets nothing back: above all
+    # not the whole history (up to max_stored entries), which a read returns to build one.
     async def go(store):
         appended = await store.append_events("u", ["a", "b"], "e1", ["v1"])
         read = await store.read("u", ["v1"])
-        return appended, read
+        raw_redis.set(kv_key("u", "v1"), Envelope(KV_MAGIC, 2, "f" * 16).pack() + b"ROWS")
+        stale = await store.append_events("u", ["c"], "e2", ["v1"])  # another history's cache
+        return appended, read, stale
 
-    appended, read = run(with_store(redis_url, go))
-    for view in (appended, read):
+    appended, read, stale = run(with_store(redis_url, go))
+    for view, stale_kv in ((appended, False), (stale, True)):
         (model,) = view.models
-        assert (view.length, model.items, model.base, model.kv, model.fresh_state) == (
-            2, ["a", "b"], 0, None, None)
-    assert appended.token == read.token
+        assert (model.items, model.kv, model.base_state, model.fresh_state, model.near,
+                model.stale_kv) == (None, None, None, None, False, stale_kv)
+    assert (read.length, read.models[0].items, read.models[0].kv) == (2, ["a", "b"], None)
+    assert appended.token == read.token and stale.length == 3
 
 
 def test_reads_return_only_the_state_when_it_is_current_else_what_computing_needs(redis_url):

@@ -32,6 +32,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from .envelope import new_token
+from .redis_wire import Wire
 from .errors import StoreUnavailable
 from .store_scripts import APPEND_EVENTS, DELETE_USER, READ, READ_HISTORY, SYNC_HISTORY, WRITE_STATE
 
@@ -254,9 +255,12 @@ class RedisStore(Store):
             socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=retry
         )
         self.cluster = cluster
+        # The lean client for one Redis (redis:// and unix://); redis-py for a Cluster and TLS.
+        self.wire = None if cluster else Wire.from_url(url, timeout_s)
+        self.redis: Any = None
         if cluster:
             self.redis = RedisCluster.from_url(url, **common)
-        else:
+        elif self.wire is None:
             self.redis = aioredis.Redis.from_url(url, health_check_interval=30, **common)
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -280,16 +284,20 @@ class RedisStore(Store):
         log.error("store error reply (%s): %s: %s", reason, type(exc).__name__, exc)
         return StoreUnavailable(1.0, reason)
 
-    async def _call(self, name: str, keys: list[str], args: list) -> Any:
-        script = _SCRIPTS[name]
-
-        async def run():
+    async def _eval(self, script: _Script, keys: list[str], args: list) -> Any:
+        """EVALSHA, or EVAL when Redis does not know the script (restarted, a new node)."""
+        if self.wire is not None:
             try:
-                return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
+                return await self.wire.call("EVALSHA", script.sha, len(keys), *keys, *args)
             except rex.NoScriptError:
-                return await self.redis.eval(script.body, len(keys), *keys, *args)
+                return await self.wire.call("EVAL", script.body, len(keys), *keys, *args)
+        try:
+            return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
+        except rex.NoScriptError:
+            return await self.redis.eval(script.body, len(keys), *keys, *args)
 
-        return await self._guard(run)
+    async def _call(self, name: str, keys: list[str], args: list) -> Any:
+        return await self._guard(lambda: self._eval(_SCRIPTS[name], keys, args))
 
     def _model_keys(self, user_id: str, versions: list[str]) -> list[str]:
         keys = []
@@ -309,6 +317,8 @@ class RedisStore(Store):
         return orjson.loads(await self._call("read_history", [hist_key(user_id)], []))
 
     async def ping(self) -> bool:
+        if self.wire is not None:
+            return bool(await self._guard(lambda: self.wire.call("PING")))
         return bool(await self._guard(self.redis.ping))
 
     # -- writes ---------------------------------------------------------------------------------
@@ -359,12 +369,15 @@ class RedisStore(Store):
         calls = [self._write_call([writes[i] for i in group]) for group in members]
 
         async def run():
-            if len(calls) == 1:  # the usual case (one user per batch): no pipeline, ~30 us less
+            if len(calls) == 1:  # the usual case (one user per batch): no pipeline
                 keys, args = calls[0]
                 try:
-                    replies = [await self.redis.evalsha(script.sha, len(keys), *keys, *args)]
+                    return [await self._eval(script, keys, args)]
                 except rex.ResponseError as exc:  # an error reply: this call's result, as below
-                    replies = [exc]
+                    return [exc]
+            if self.wire is not None:
+                replies = await self.wire.call_many(
+                    [("EVALSHA", script.sha, len(k), *k, *a) for k, a in calls])
             elif self.cluster:  # a cluster pipeline refuses EVALSHA: one call per user, at once
                 replies = await asyncio.gather(
                     *(self.redis.evalsha(script.sha, len(k), *k, *a) for k, a in calls),
@@ -376,9 +389,8 @@ class RedisStore(Store):
                 replies = await pipe.execute(raise_on_error=False)
             for i, reply in enumerate(replies):  # first call after a Redis restart: load it
                 if isinstance(reply, rex.NoScriptError):
-                    keys, args = calls[i]
                     try:
-                        replies[i] = await self.redis.eval(script.body, len(keys), *keys, *args)
+                        replies[i] = await self._eval(script, *calls[i])
                     except rex.ResponseError as exc:
                         replies[i] = exc
             return replies
@@ -401,6 +413,9 @@ class RedisStore(Store):
 
     async def close(self) -> None:
         try:
-            await self.redis.aclose()
+            if self.wire is not None:
+                await self.wire.aclose()
+            else:
+                await self.redis.aclose()
         except (rex.RedisError, OSError) as exc:  # closing a dead connection: not worth a trace
             log.info("closing store: %s", exc)

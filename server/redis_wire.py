@@ -141,7 +141,7 @@ class Wire:
         except TimeoutError:
             exc = rex.TimeoutError(f"no reply from Redis within {self.timeout_s} s")
             if conn is not None:
-                conn.close(exc)  # replies may still come: this connection's order is lost
+                conn.close(exc)  # a stuck Redis: later calls must not queue behind it
             raise exc from None
 
     # -- connection -------------------------------------------------------------------------------
@@ -167,6 +167,15 @@ class Wire:
         except OSError as exc:
             where = self.path or f"{self.host}:{self.port}"
             raise rex.ConnectionError(f"cannot connect to Redis at {where}: {exc}") from exc
+        try:
+            await self._set_up(conn)
+        except BaseException:  # refused, or timed out / cancelled half way: never left open
+            conn.close(rex.ConnectionError("connection set-up failed"))
+            raise
+        return conn
+
+    async def _set_up(self, conn: _Protocol) -> None:
+        """AUTH and SELECT, when the URL asks for them."""
         setup = []
         if self.password is not None:
             setup.append(("AUTH", self.username, self.password) if self.username
@@ -178,9 +187,7 @@ class Wire:
                 b"".join(hiredis.pack_command(c) for c in setup), len(setup)))
             for reply in replies:
                 if isinstance(reply, Exception):  # a wrong password, a db that does not exist
-                    conn.close(rex.ConnectionError(f"Redis refused the connection: {reply}"))
                     raise reply
-        return conn
 
     async def aclose(self) -> None:
         if self._conn is not None:

@@ -84,7 +84,8 @@ class ComputePipeline:
             for write, entry in writes:
                 self.near.put(write.user_id, write.model_version, entry)
             writes = [write for write, _ in writes]
-            self.writes.schedule([w.user_id for w in writes], self._write(writes))
+            self.writes.schedule([w.user_id for w in writes],
+                                lambda on_sent: self._write(writes, on_sent))
         return results
 
     # -- on the compute thread --------------------------------------------------------------------
@@ -214,10 +215,10 @@ class ComputePipeline:
         return write, NearEntry(write.kv_head, new_len, cache, state)
 
     # -- behind the answers -----------------------------------------------------------------------
-    async def _write(self, writes: list[StateWrite]) -> None:
+    async def _write(self, writes: list[StateWrite], on_sent=None) -> None:
         started = time.perf_counter()
         try:
-            replies = await self.store.write_states(writes)
+            replies = await self.store.write_states(writes, on_sent)
         except Exception as exc:  # noqa: BLE001 - a failed write never fails an answer
             log.warning("cache/state write failed: %s", exc)
             self.metrics.error("store_write_failed")

@@ -85,6 +85,7 @@ class AppState:
             max_stored_history=s.max_stored_history,
             idempotency=IdempotencyPolicy(s.idempotency_window_s, s.idempotency_max_ids),
         )
+        self.writes.ordered = self.store.sends_in_order  # settled once sent (write_behind.py)
         near = NearCache(s.near_cache_mb << 20)
         self.batcher = MicroBatcher(
             ComputePipeline(self.worker, self.store, self.writes, self.metrics, s.kv_dtype, near),

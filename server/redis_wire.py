@@ -17,7 +17,10 @@ Contract:
 - `await wire.call_many([args, ...])`: pipelined in one write; replies in order, an error reply
   returned in its place as that exception (a failed transport still raises).
 - Concurrent calls share the one connection: commands are written in call order and replies
-  matched first in, first out. A caller that gives up (cancelled) leaves its reply to be read
+  matched first in, first out. Redis runs one connection's commands in the order they arrive, so
+  a command written after another is executed after it: `on_sent` (optional, on `call` and
+  `call_many`) is called once the command is handed to the connection, before its reply, for
+  callers that only need "anything I send from now on runs after this" (the store's writes). A caller that gives up (cancelled) leaves its reply to be read
   and dropped, so the order holds.
 - Failures raise `redis.exceptions.ConnectionError` (refused, reset, closed) or `TimeoutError`
   (no connection or no reply within `timeout_s`). A timeout closes the connection (a stuck Redis
@@ -112,32 +115,35 @@ class Wire:
         return None
 
     # -- calls ------------------------------------------------------------------------------------
-    async def call(self, *args):
-        (reply,) = await self._send(hiredis.pack_command(args), 1)
+    async def call(self, *args, on_sent=None):
+        (reply,) = await self._send(hiredis.pack_command(args), 1, on_sent)
         if isinstance(reply, Exception):
             raise reply
         return reply
 
-    async def call_many(self, commands: list[tuple]) -> list:
+    async def call_many(self, commands: list[tuple], on_sent=None) -> list:
         return await self._send(b"".join(hiredis.pack_command(c) for c in commands),
-                                len(commands))
+                                len(commands), on_sent)
 
-    async def _send(self, packed: bytes, count: int) -> list:
+    async def _send(self, packed: bytes, count: int, on_sent) -> list:
         conn = self._conn
         reused = conn is not None and conn.closed is None
         try:
-            return await self._exchange(packed, count)
+            return await self._exchange(packed, count, on_sent)
         except rex.ConnectionError:
             if not reused:
                 raise
-            return await self._exchange(packed, count)  # the reused connection had died
+            return await self._exchange(packed, count, on_sent)  # the reused connection had died
 
-    async def _exchange(self, packed: bytes, count: int) -> list:
+    async def _exchange(self, packed: bytes, count: int, on_sent) -> list:
         conn = None
         try:
             async with asyncio.timeout(self.timeout_s):
                 conn = await self._connection()
-                return await asyncio.gather(*conn.send(packed, count))
+                replies = conn.send(packed, count)
+                if on_sent is not None:
+                    on_sent()
+                return await asyncio.gather(*replies)
         except TimeoutError:
             exc = rex.TimeoutError(f"no reply from Redis within {self.timeout_s} s")
             if conn is not None:

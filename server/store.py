@@ -22,7 +22,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 import redis.asyncio as aioredis
@@ -129,9 +129,16 @@ class Store(abc.ABC):
         needs; a model with no cache to extend gets a view without `kv` or `items` (events never
         build caches: the next /recommend does). `applied` says whether it appended."""
 
+    # True when every call goes down one connection in call order, so a call made after a write
+    # was sent runs after it (WriteBehind then waits for "sent", not for the reply).
+    sends_in_order: bool = False
+
     @abc.abstractmethod
-    async def write_states(self, writes: list[StateWrite]) -> list[tuple[bool, bool] | Exception]:
-        """(cache written, state written) per write, or that write's error; one round trip."""
+    async def write_states(self, writes: list[StateWrite],
+                           on_sent: Callable[[], None] | None = None
+                           ) -> list[tuple[bool, bool] | Exception]:
+        """(cache written, state written) per write, or that write's error; one round trip.
+        `on_sent` is called once the writes are on their way (only where `sends_in_order`)."""
 
     @abc.abstractmethod
     async def get_history(self, user_id: str) -> list[str]: ...
@@ -257,6 +264,7 @@ class RedisStore(Store):
         self.cluster = cluster
         # The lean client for one Redis (redis:// and unix://); redis-py for a Cluster and TLS.
         self.wire = None if cluster else Wire.from_url(url, timeout_s)
+        self.sends_in_order = self.wire is not None
         self.redis: Any = None
         if cluster:
             self.redis = RedisCluster.from_url(url, **common)
@@ -284,12 +292,14 @@ class RedisStore(Store):
         log.error("store error reply (%s): %s: %s", reason, type(exc).__name__, exc)
         return StoreUnavailable(1.0, reason)
 
-    async def _eval(self, script: _Script, keys: list[str], args: list) -> Any:
+    async def _eval(self, script: _Script, keys: list[str], args: list, on_sent=None) -> Any:
         """EVALSHA, or EVAL when Redis does not know the script (restarted, a new node)."""
         if self.wire is not None:
             try:
-                return await self.wire.call("EVALSHA", script.sha, len(keys), *keys, *args)
-            except rex.NoScriptError:
+                return await self.wire.call("EVALSHA", script.sha, len(keys), *keys, *args,
+                                            on_sent=on_sent)
+            except rex.NoScriptError:  # once per script after a restart: order may not hold,
+                # and need not (every write is conditional; a read that overtakes it recomputes)
                 return await self.wire.call("EVAL", script.body, len(keys), *keys, *args)
         try:
             return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
@@ -355,10 +365,12 @@ class RedisStore(Store):
                      w.state]
         return keys, args
 
-    async def write_states(self, writes: list[StateWrite]) -> list[tuple[bool, bool] | Exception]:
+    async def write_states(self, writes: list[StateWrite],
+                           on_sent: Callable[[], None] | None = None
+                           ) -> list[tuple[bool, bool] | Exception]:
         """Every write conditionally (WRITE_STATE): one script call per (user, history), all of
         them in one round trip; a reply per write, in order: (cache written, state written), or
-        the exception of its call."""
+        the exception of its call. `on_sent` fires once they are written to the connection."""
         if not writes:
             return []
         script = _SCRIPTS["write"]
@@ -372,12 +384,12 @@ class RedisStore(Store):
             if len(calls) == 1:  # the usual case (one user per batch): no pipeline
                 keys, args = calls[0]
                 try:
-                    return [await self._eval(script, keys, args)]
+                    return [await self._eval(script, keys, args, on_sent)]
                 except rex.ResponseError as exc:  # an error reply: this call's result, as below
                     return [exc]
             if self.wire is not None:
                 replies = await self.wire.call_many(
-                    [("EVALSHA", script.sha, len(k), *k, *a) for k, a in calls])
+                    [("EVALSHA", script.sha, len(k), *k, *a) for k, a in calls], on_sent)
             elif self.cluster:  # a cluster pipeline refuses EVALSHA: one call per user, at once
                 replies = await asyncio.gather(
                     *(self.redis.evalsha(script.sha, len(k), *k, *a) for k, a in calls),

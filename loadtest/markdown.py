@@ -84,7 +84,10 @@ def _setup(ctx: dict, slo_ms: float, results: list[dict]) -> list[str]:
         "arrivals, open loop (requests fire on schedule, each in its own greenlet); latency is "
         "measured from the scheduled send time.",
         f"- Each step: {ctx['warmup_s']:g} s warm-up (excluded), {ctx['measure_s']:g} s measured "
-        "(length steps warm up longer, to start every user first).",
+        "(length steps warm up longer, to start every user first). While both models are on "
+        "the ladder, each rate runs in halves, ABBA (plr, sasrec, sasrec, plr: each half warms "
+        "up, then measures half the window), and each model's two halves are pooled into its "
+        "step: a drift of the machine during a rate weighs on both models alike.",
         "- *steady* = `/recommend` by user_id (stored history and cache) + `/events` (one item). "
         "A user's first request in a step is a session start (`/recommend` with the full "
         "history), reported apart.",
@@ -301,7 +304,8 @@ def _stages(results: list[dict], models: list[str]) -> list[str]:
             ])
     return (
         [
-            f"## Server stages at {rate:g} req/s (GET /metrics histograms, diffed over the step)",
+            f"## Server stages at {rate:g} req/s (GET /metrics histograms, diffed over the step "
+            "or its halves)",
             "",
             "Bucketed: p50/p99 interpolate inside Prometheus buckets. Every step's stages are in "
             "[latency/stages.csv](latency/stages.csv).",
@@ -405,7 +409,8 @@ def render(results: list[dict], ctx: dict, head: dict, slo_ms: float, goals: dic
     if any(r["step"]["group"] in ("ladder", "floor") for r in results):
         lines += ["![latency vs rate](latency/latency_vs_rate.png)", ""]
     lines += _ladder(
-        results, "ladder", "Ladder: models alternate at each rate (steady requests, ms)"
+        results, "ladder",
+        "Ladder: models alternate at each rate, ABBA halves pooled (steady requests, ms)"
     )
     lines += _ratios(head, models) + _cache(head) + _events(results)
     lines += _ladder(results, "floor", "Floor: the empty FastAPI app, same traffic (ms)")

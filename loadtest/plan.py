@@ -1,13 +1,15 @@
 """The steps of a load-test run, per mode. A step = one locust run at one offered rate.
 
-Contract: ladder steps alternate models at each rate (plr@r1, sasrec@r1, plr@r2, ...) and a
-target's ladder stops after two SLO failures in a row (the runner decides);
+Contract: ladder steps alternate models at each rate (plr@r1, sasrec@r1, plr@r2, ...), in
+halves run ABBA when two models are still on the ladder (plr-a, sasrec-a, sasrec-b, plr-b: a drift
+in the machine during a rate then weighs on both models alike), and a target's ladder stops after
+two SLO failures in a row (the runner decides);
 the floor ladder runs the same traffic against the empty app; cache and length steps are fixed.
 Step names are unique and stable, so a rerun can skip steps whose result file exists.
 """
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 MAX_EVENTS_PER_USER = 4  # length steps: keep each history within a few items of its start
 
@@ -75,6 +77,14 @@ def ladder_step(mode: Mode, model: str | None, rate: float, target: str = "serve
         warmup_s=mode.warmup_s,
         measure_s=mode.measure_s,
     )
+
+
+def halves(step: Step) -> tuple[Step, Step]:
+    """The two parts of a step run ABBA against another model's (A1 B1 B2 A2): each warms up as
+    the whole step does and measures half its window; the runner pools them into `step`."""
+    half = step.measure_s / 2
+    return (replace(step, name=f"{step.name}-a", measure_s=half),
+            replace(step, name=f"{step.name}-b", measure_s=half))
 
 
 def cache_steps(mode: Mode, models: list[str]) -> list[Step]:

@@ -87,10 +87,31 @@ def diff(before: dict[tuple, Histogram], after: dict[tuple, Histogram]) -> dict[
     return out
 
 
+def add(a: dict[tuple, Histogram], b: dict[tuple, Histogram]) -> dict[tuple, Histogram]:
+    """a + b, series by series and bucket by bucket (same server, so the same bounds)."""
+    out = dict(a)
+    for key, hist in b.items():
+        old = out.get(key)
+        if old is None:
+            out[key] = hist
+            continue
+        old_buckets = dict(old.buckets)
+        buckets = [(le, cum + old_buckets.get(le, 0.0)) for le, cum in hist.buckets]
+        out[key] = Histogram(buckets, old.total + hist.total, old.count + hist.count)
+    return out
+
+
 def stage_table(before_text: str, after_text: str) -> list[dict]:
     """One row per histogram series that saw observations during the step."""
+    return stage_table_of([(before_text, after_text)])
+
+
+def stage_table_of(scrapes: list[tuple[str, str]]) -> list[dict]:
+    """stage_table over several windows of one server taken together (a step run in parts)."""
+    changes: dict[tuple, Histogram] = {}
+    for before_text, after_text in scrapes:
+        changes = add(changes, diff(histograms(parse(before_text)), histograms(parse(after_text))))
     rows = []
-    changes = diff(histograms(parse(before_text)), histograms(parse(after_text)))
     for (name, labels), hist in sorted(changes.items()):
         if hist.count <= 0:
             continue
@@ -114,16 +135,19 @@ def _scaled(value, scale):
 
 def counter_deltas(before_text: str, after_text: str) -> list[dict]:
     """Increase of every `*_total` counter series during the step (zero deltas left out)."""
-    before, after = parse(before_text), parse(after_text)
-    rows = []
-    for (name, labels), value in sorted(after.items()):
-        if not name.endswith("_total"):
-            continue
-        delta = value - before.get((name, labels), 0.0)
-        if delta:
-            rows.append({
-                "metric": name,
-                "labels": ",".join(f"{k}={v}" for k, v in labels),
-                "delta": delta,
-            })
-    return rows
+    return counter_deltas_of([(before_text, after_text)])
+
+
+def counter_deltas_of(scrapes: list[tuple[str, str]]) -> list[dict]:
+    """counter_deltas summed over several windows of one server."""
+    deltas: dict[tuple, float] = {}
+    for before_text, after_text in scrapes:
+        before, after = parse(before_text), parse(after_text)
+        for key, value in after.items():
+            if key[0].endswith("_total"):
+                deltas[key] = deltas.get(key, 0.0) + value - before.get(key, 0.0)
+    return [
+        {"metric": name, "labels": ",".join(f"{k}={v}" for k, v in labels), "delta": delta}
+        for (name, labels), delta in sorted(deltas.items())
+        if delta
+    ]

@@ -218,6 +218,9 @@ def run_step(
         procs.stop(proc)  # the requests CSV check below reports it
     servers.check_alive()
     after = servers.metrics() if step.target == "server" else ""
+    if before and after:  # kept so that a step run in parts can be pooled (StepRunner.merge)
+        Path(f"{raw}_metrics_before.prom").write_text(before)
+        Path(f"{raw}_metrics_after.prom").write_text(after)
     if not Path(f"{raw}_requests.csv").exists():
         raise RuntimeError(f"step {step.name}: locust wrote no results; see {raw}_locust.log")
     rows = read_request_rows(f"{raw}_requests.csv")
@@ -241,26 +244,68 @@ class StepRunner:
         self.servers, self.workload, self.run_dir, self.args = servers, workload, run_dir, args
         self.run_id, self.results, self.reused = run_id, [], 0
 
-    def __call__(self, step: Step) -> dict:
+    def __call__(self, step: Step, part: bool = False) -> dict:
+        """Run (or load) a step; a part of a step is saved but left out of the results."""
         path = self.run_dir / "steps" / f"{step.name}.json"
         if path.exists():
             result = json.loads(path.read_text())
-            self.reused += 1
+            self.reused += 0 if part else 1
         else:
             result = run_step(
                 step, self.servers, self.workload, self.run_dir, self.args, self.run_id
             )
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result, indent=1))
+        if not part:
+            self.results.append(result)
+        _progress(result, "  part " if part else "")
+        return result
+
+    def merge(self, step: Step, parts: list[Step]) -> dict:
+        """`step` as the pool of its parts (already run): every measured request of each part,
+        the server's histograms and counters summed over the parts' windows."""
+        path = self.run_dir / "steps" / f"{step.name}.json"
+        if path.exists():
+            result = json.loads(path.read_text())
+            self.reused += 1
+        else:
+            result = merge_parts(step, parts, self.run_dir, self.args.slo_ms)
+            path.write_text(json.dumps(result, indent=1))
         self.results.append(result)
         _progress(result)
         return result
 
 
-def _progress(result: dict):
+def merge_parts(step: Step, parts: list[Step], run_dir: Path, slo_ms: float) -> dict:
+    """One result for `step` from its parts' saved results, request rows and metric scrapes.
+    Each part measured [warmup, warmup + its window); pooled, the rows fill `step`'s window as
+    often as a single run of it would, so rates and percentiles read the same way."""
+    saved = [json.loads((run_dir / "steps" / f"{p.name}.json").read_text()) for p in parts]
+    raws = [run_dir / "raw" / p.name for p in parts]
+    rows = [row for raw in raws for row in read_request_rows(f"{raw}_requests.csv")]
+    summary = summarize_step(rows, step.rate, sum(p.measure_s for p in parts), step.warmup_s)
+    scrapes = [(Path(f"{raw}_metrics_before.prom").read_text(),
+                Path(f"{raw}_metrics_after.prom").read_text())
+               for raw in raws if Path(f"{raw}_metrics_after.prom").exists()]
+    return {
+        "step": step.to_dict() | {"parts": [p.name for p in parts]},
+        "summary": summary,
+        "wall_s": round(sum(r["wall_s"] for r in saved), 2),
+        "loadavg_1m": [saved[0]["loadavg_1m"][0], saved[-1]["loadavg_1m"][-1]],
+        "passes_slo": passes_slo(summary, slo_ms),
+        "parts": [{"name": p.name, "p50": r["summary"]["by_name"].get("steady", {}).get("p50"),
+                   "p99": r["summary"]["by_name"].get("steady", {}).get("p99"),
+                   "passes_slo": r["passes_slo"]} for p, r in zip(parts, saved)],
+        "locust": [r["locust"] for r in saved],
+        "stages": prom.stage_table_of(scrapes) if len(scrapes) == len(parts) else [],
+        "counters": prom.counter_deltas_of(scrapes) if len(scrapes) == len(parts) else [],
+    }
+
+
+def _progress(result: dict, prefix: str = ""):
     s, steady = result["summary"], result["summary"]["by_name"].get("steady", {})
     print(
-        f"{result['step']['name']:<34} offered {s['offered_rate']:>6g}/s achieved "
+        f"{prefix}{result['step']['name']:<34} offered {s['offered_rate']:>6g}/s achieved "
         f"{s['achieved_rate'] or 0:>7.1f}/s p50 {_ms(steady.get('p50'))} "
         f"p99 {_ms(steady.get('p99'))} "
         f"errors {s['errors']} {'PASS' if result['passes_slo'] else 'fail'}",
@@ -272,14 +317,28 @@ def _ms(value) -> str:
     return f"{value:7.2f}ms" if value is not None else "      -  "
 
 
-def run_ladder(run, mode, models: list[str], target: str, rates) -> None:
+def run_ladder(run, mode, models: list[str], target: str, rates, merge=None) -> None:
     """Models alternate at each rate; a model leaves the ladder after two failures in a row (one
-    hiccup in a short step does not end it; goodput still stops at the first failure)."""
+    hiccup in a short step does not end it; goodput still stops at the first failure).
+
+    With `merge` (the runner's), two or more models still on the ladder run each rate in halves,
+    ABBA (plr-a, sasrec-a, sasrec-b, plr-b), and `merge(step, parts)` pools each model's halves:
+    the models' ratio at a rate then does not ride on whichever ran while the machine drifted."""
     failures = dict.fromkeys(models, 0)
     for rate in rates:
-        for model in [m for m in models if failures[m] < 2]:
-            passed = run(plan.ladder_step(mode, model, rate, target))["passes_slo"]
-            failures[model] = 0 if passed else failures[model] + 1
+        active = [m for m in models if failures[m] < 2]
+        steps = [plan.ladder_step(mode, model, rate, target) for model in active]
+        if merge is not None and len(steps) > 1:
+            halves = [plan.halves(step) for step in steps]
+            for first, _ in halves:
+                run(first, part=True)
+            for _, second in reversed(halves):
+                run(second, part=True)
+            results = [merge(step, list(pair)) for step, pair in zip(steps, halves)]
+        else:
+            results = [run(step) for step in steps]
+        for model, result in zip(active, results):
+            failures[model] = 0 if result["passes_slo"] else failures[model] + 1
         if all(count >= 2 for count in failures.values()):
             return
 
@@ -320,7 +379,7 @@ def run_sequential(servers: Servers, workload: dict, models: list[str], mode,
 
 def run_plan(run: StepRunner, mode, models: list[str], groups: set[str]) -> None:
     if "ladder" in groups:
-        run_ladder(run, mode, models, "server", mode.ladder)
+        run_ladder(run, mode, models, "server", mode.ladder, merge=run.merge)
     if "cache" in groups:
         for step in plan.cache_steps(mode, models):
             run(step)

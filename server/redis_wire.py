@@ -20,8 +20,9 @@ Contract:
   matched first in, first out. Redis runs one connection's commands in the order they arrive, so
   a command written after another is executed after it: `on_sent` (optional, on `call` and
   `call_many`) is called once the command is handed to the connection, before its reply, for
-  callers that only need "anything I send from now on runs after this" (the store's writes). A caller that gives up (cancelled) leaves its reply to be read
-  and dropped, so the order holds.
+  callers that only need "anything I send from now on runs after this" (the store's writes).
+  A caller that gives up (cancelled) leaves its reply to be read and dropped, so the order
+  holds.
 - Failures raise `redis.exceptions.ConnectionError` (refused, reset, closed) or `TimeoutError`
   (no connection or no reply within `timeout_s`). A timeout closes the connection (a stuck Redis
   must not hold every later call behind it) and fails every call waiting on it; the next call

@@ -271,6 +271,18 @@ def test_histogram_diff_and_quantiles():
     assert prom.stage_table(after, after) == []  # nothing observed: nothing reported
 
 
+def test_histograms_and_counters_sum_over_the_windows_of_a_step_run_in_parts():
+    first = (_scrape(10, 10, 10, 0.005, 3), _scrape(10, 110, 110, 0.155, 50))  # 100 in (1, 2] ms
+    # the other model's step ran in between (not counted), then 100 more, all under 1 ms
+    second = (_scrape(10, 150, 150, 0.3, 60), _scrape(110, 250, 250, 0.35, 61))
+    (row,) = prom.stage_table_of([first, second])
+    assert row["count"] == 200 and row["mean"] == pytest.approx(1.0)
+    assert row["p50"] == pytest.approx(1.0) and row["p99"] == pytest.approx(1.98)
+    assert prom.counter_deltas_of([first, second]) == [
+        {"metric": "plr_cache_outcomes_total", "labels": "model=plr,outcome=hit", "delta": 48.0}
+    ]
+
+
 # --- report ---------------------------------------------------------------------------------------
 
 
@@ -437,6 +449,68 @@ def test_ladder_alternates_models_and_drops_one_after_two_failures_in_a_row():
         "plr@10", "sasrec@10", "plr@20", "sasrec@20", "plr@30", "sasrec@30",
         "plr@40", "sasrec@40", "sasrec@50", "sasrec@60",
     ]
+
+
+def test_ladder_runs_two_models_in_halves_abba_and_pools_each_models_halves():
+    from loadtest.plan import MODES
+    from loadtest.runner import run_ladder
+
+    capacity = {"plr": 20, "sasrec": 40}
+    order, merged = [], []
+
+    def run(step, part=False):
+        assert part or step.model == "sasrec"  # alone on the ladder: whole steps again
+        order.append(f"{step.name}")
+        return {"passes_slo": step.rate <= capacity[step.model]}
+
+    def merge(step, parts):
+        assert [p.name for p in parts] == [f"{step.name}-a", f"{step.name}-b"]
+        assert all(p.measure_s == step.measure_s / 2 for p in parts)
+        merged.append(step.name)
+        return {"passes_slo": step.rate <= capacity[step.model]}
+
+    run_ladder(run, MODES["short"], ["plr", "sasrec"], "server", (10, 30, 50, 60), merge=merge)
+    assert order == [
+        "ladder-plr-r10-a", "ladder-sasrec-r10-a", "ladder-sasrec-r10-b", "ladder-plr-r10-b",
+        "ladder-plr-r30-a", "ladder-sasrec-r30-a", "ladder-sasrec-r30-b", "ladder-plr-r30-b",
+        "ladder-plr-r50-a", "ladder-sasrec-r50-a", "ladder-sasrec-r50-b", "ladder-plr-r50-b",
+        "ladder-sasrec-r60",
+    ]
+    assert merged == ["ladder-plr-r10", "ladder-sasrec-r10", "ladder-plr-r30",
+                      "ladder-sasrec-r30", "ladder-plr-r50", "ladder-sasrec-r50"]
+
+
+def test_merged_step_pools_the_requests_and_windows_of_its_halves(tmp_path):
+    import csv
+
+    from loadtest.plan import MODES, halves, ladder_step
+    from loadtest.runner import merge_parts
+
+    step = ladder_step(MODES["short"], "plr", 10)  # warm-up 3 s, 6 s measured
+    parts = halves(step)
+    (tmp_path / "steps").mkdir()
+    (tmp_path / "raw").mkdir()
+    for n, (part, latency) in enumerate(zip(parts, (1.0, 30.0))):
+        with open(tmp_path / "raw" / f"{part.name}_requests.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["phase", "name", "t_sched_s", "latency_ms", "lateness_ms", "status",
+                        "cache"])
+            w.writerow(["warmup", EVENTS, 1.0, 500.0, 0.1, 200, ""])
+            for i in range(30):  # 10/s over the part's 3 s window
+                w.writerow(["measure", RECOMMEND, 3 + i / 10, latency, 0.1, 200, "hit"])
+        (tmp_path / "steps" / f"{part.name}.json").write_text(json.dumps({
+            "wall_s": 7.0, "loadavg_1m": [0.5 + n, 0.6 + n], "passes_slo": n == 0,
+            "locust": {}, "summary": {"by_name": {"steady": {"p50": latency, "p99": latency}}}}))
+    result = merge_parts(step, list(parts), tmp_path, slo_ms=25.0)
+    summary = result["summary"]
+    assert result["step"]["name"] == "ladder-plr-r10" and result["step"]["measure_s"] == 6.0
+    assert summary["achieved_rate"] == 10.0 and summary["completed_rate"] == 10.0
+    assert summary["by_name"]["steady"]["n"] == 60  # warm-up left out of both halves
+    steady = summary["by_name"]["steady"]
+    assert steady["p50"] == 1.0 and steady["p99"] == 30.0
+    assert not result["passes_slo"]  # the slow half's tail is the pooled tail
+    assert result["loadavg_1m"] == [0.5, 1.6] and result["wall_s"] == 14.0
+    assert [p["p99"] for p in result["parts"]] == [1.0, 30.0]
 
 
 def test_length_steps_start_every_user_in_warmup_and_cap_events_per_user():

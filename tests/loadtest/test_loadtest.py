@@ -544,3 +544,12 @@ def test_sequential_headline_reports_the_two_model_server_and_the_one_model_serv
     assert [r[1] for r in events] == ["6.00", "4.50"] and [r[3] for r in events] == ["no", "yes"]
     assert "plr + sasrec" in events[0][0] and "plr alone" in events[1][0]
     assert "Target `plr-alone`" in "\n".join(_sequential(seq))
+
+
+def test_cpu_probe_report_states_the_spread_of_its_series():
+    from loadtest.cpu_probe import report
+
+    text = report([30.0, 60.0, 31.0, 29.0], cpu=0, load_before=(0.1, 0.2, 0.3),
+                  load_after=(0.4, 0.5, 0.6))
+    assert "| 29.0 | 31.0 | 60.0 | 60.0 | 2.07 |" in text
+    assert "Per second, in order (ms): 30 60 31 29" in text

@@ -44,7 +44,7 @@ class Mode:
     length_repeats: int
 
 
-# short: ~4 min smoke of every measurement; full: ~25 min, the published numbers
+# short: ~5 min smoke of every measurement; full: ~45 min (2026-12-01), the published numbers
 MODES = {
     "short": Mode(
         warmup_s=3.0, measure_s=6.0, ladder=(25, 50, 100, 200, 400),

@@ -73,32 +73,31 @@ def histograms(samples: dict[tuple, float]) -> dict[tuple, Histogram]:
     }
 
 
-def diff(before: dict[tuple, Histogram], after: dict[tuple, Histogram]) -> dict[tuple, Histogram]:
-    """after - before, bucket by bucket; a histogram absent before counts from zero."""
-    out = {}
-    for key, new in after.items():
-        old = before.get(key)
-        if old is None:
-            out[key] = new
-            continue
-        old_buckets = dict(old.buckets)
-        buckets = [(le, cum - old_buckets.get(le, 0.0)) for le, cum in new.buckets]
-        out[key] = Histogram(buckets, new.total - old.total, new.count - old.count)
-    return out
-
-
-def add(a: dict[tuple, Histogram], b: dict[tuple, Histogram]) -> dict[tuple, Histogram]:
-    """a + b, series by series and bucket by bucket (same server, so the same bounds)."""
-    out = dict(a)
-    for key, hist in b.items():
-        old = out.get(key)
+def _combine(base: dict[tuple, Histogram], other: dict[tuple, Histogram], sign: float,
+             keep_base: bool) -> dict[tuple, Histogram]:
+    """other + sign * base, series by series and bucket by bucket (one server, same bounds); a
+    series missing from base counts from zero; keep_base keeps series only base has."""
+    out = dict(base) if keep_base else {}
+    for key, hist in other.items():
+        old = base.get(key)
         if old is None:
             out[key] = hist
             continue
         old_buckets = dict(old.buckets)
-        buckets = [(le, cum + old_buckets.get(le, 0.0)) for le, cum in hist.buckets]
-        out[key] = Histogram(buckets, old.total + hist.total, old.count + hist.count)
+        buckets = [(le, cum + sign * old_buckets.get(le, 0.0)) for le, cum in hist.buckets]
+        out[key] = Histogram(buckets, hist.total + sign * old.total,
+                             hist.count + sign * old.count)
     return out
+
+
+def diff(before: dict[tuple, Histogram], after: dict[tuple, Histogram]) -> dict[tuple, Histogram]:
+    """after - before, bucket by bucket; a histogram absent before counts from zero."""
+    return _combine(before, after, -1.0, keep_base=False)
+
+
+def add(a: dict[tuple, Histogram], b: dict[tuple, Histogram]) -> dict[tuple, Histogram]:
+    """a + b, series by series and bucket by bucket (same server, so the same bounds)."""
+    return _combine(a, b, 1.0, keep_base=True)
 
 
 def stage_table(before_text: str, after_text: str) -> list[dict]:

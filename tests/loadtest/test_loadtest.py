@@ -553,3 +553,33 @@ def test_cpu_probe_report_states_the_spread_of_its_series():
                   load_after=(0.4, 0.5, 0.6))
     assert "| 29.0 | 31.0 | 60.0 | 60.0 | 2.07 |" in text
     assert "Per second, in order (ms): 30 60 31 29" in text
+
+
+def test_quiet_sh_pauses_background_groups_and_restores_them_and_their_affinity(tmp_path):
+    import os
+    import signal
+
+    script = procs.REPO / "loadtest" / "quiet.sh"
+    cpus = sorted(os.sched_getaffinity(0))
+    background = subprocess.Popen(["sleep", "60"], start_new_session=True)  # its own group
+    try:
+        os.sched_setaffinity(background.pid, {cpus[0]})
+        pids = tmp_path / "queue.pids"
+        pids.write_text(f"{os.getpgid(background.pid)}\n")
+        probe = (f"cut -d' ' -f3 /proc/{background.pid}/stat; "
+                 f"taskset -c -p {background.pid} | awk '{{print $NF}}'")
+        run = subprocess.run(
+            [str(script), "bash", "-c", probe + "; exit 3"], capture_output=True, text=True,
+            env={**os.environ, "QUIET_PIDS_FILE": str(pids),
+                 "QUIET_LOCK": str(tmp_path / "lock")}, timeout=60)
+        state_during, cpus_during = run.stdout.split()
+        assert run.returncode == 3  # the command's own exit status
+        assert state_during == "T"  # stopped while the command ran
+        if len(cpus) > 1:
+            assert cpus_during == str(cpus[-1])  # moved off the benchmark's CPUs
+        with open(f"/proc/{background.pid}/stat") as f:
+            assert f.read().rsplit(")", 1)[1].split()[0] in ("S", "R")  # running again
+        assert os.sched_getaffinity(background.pid) == {cpus[0]}  # its own pinning is back
+    finally:
+        background.send_signal(signal.SIGKILL)
+        background.wait()

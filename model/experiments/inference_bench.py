@@ -22,6 +22,7 @@ import torch
 
 from model.config import ModelConfig
 from model.inference import Engine, RecRequest, cache_nbytes, window_start
+import model.inference.engine as engine_module
 from model.inference.compiled import build_packages, load_graphs
 from model.inference.state import stored_answer
 from model.experiments.hardware import cpu_model
@@ -86,6 +87,39 @@ def measure_cell(engines: dict[str, Engine], n: int, batch: int, n_items: int,
     return {key: {"wall_ms": 1e3 * statistics.median(w for w, _ in s) / batch,
                   "cpu_ms": 1e3 * statistics.median(c for _, c in s) / batch, "reps": len(s)}
             for key, s in samples.items()}
+
+
+CROSSOVER_BATCHES = (1, 2, 4, 5, 8, 16, 32, 64)
+
+
+def crossover_rows(engines: dict[str, Engine], n: int, budget_s: float) -> list[str]:
+    """Per-user CPU ms of a cached append batch run user by user through the compiled graphs vs
+    as one eager batch (the engine picks by COMPILED_MAX_BATCH), interleaved, same requests."""
+    rows = ["| model | B | compiled, user by user | one eager batch | eager / compiled |",
+            "|---|---|---|---|---|"]
+    saved = engine_module.COMPILED_MAX_BATCH
+    try:
+        for kind in [k for k in engines if k.endswith("+aoti")]:
+            engine = engines[kind]
+            for batch in CROSSOVER_BATCHES:
+                histories = synthetic_histories(n, batch, N_ITEMS, seed=7000 + batch)
+                prefixes = engine.extend([h[:-1] for h in histories], [None] * batch)
+                requests = [RecRequest(h, c, k=10) for h, c in zip(histories, prefixes)]
+                samples: dict[int, list[float]] = {10**9: [], 0: []}
+                start, reps = time.perf_counter(), 0
+                while reps < 4 or (time.perf_counter() - start < budget_s and reps < 100):
+                    for cap, times in samples.items():
+                        engine_module.COMPILED_MAX_BATCH = cap
+                        if reps == 0:
+                            engine.recommend(requests)  # warm-up
+                        times.append(timed(lambda: engine.recommend(requests))[1])
+                    reps += 1
+                compiled, eager = (1e3 * statistics.median(samples[c]) / batch for c in (10**9, 0))
+                rows.append(f"| {kind} | {batch} | {compiled:.3f} | {eager:.3f} | "
+                            f"{eager / compiled:.2f}x |")
+    finally:
+        engine_module.COMPILED_MAX_BATCH = saved
+    return rows
 
 
 def latency_table(engines, lengths, batches, n_items, budget_s) -> dict:
@@ -322,6 +356,7 @@ def main(argv=None) -> None:
     large_batches = (1, 32)
     print("latency, 20,000 items", file=sys.stderr)
     large = latency_table(make_engines(LARGE_ITEMS), (200,), large_batches, LARGE_ITEMS, budget)
+    crossover = crossover_rows(engines, 50, budget) if not args.no_compiled else []
     codec = codec_times(engines["plr"], 200)
     parity = {kind: fp16_parity(e, synthetic_histories(200, 32, N_ITEMS, seed=5)) for kind, e in engines.items()}
     accuracy = window_accuracy(args.checkpoint) if args.checkpoint else [
@@ -334,12 +369,17 @@ def main(argv=None) -> None:
         *targets(results, lengths, stored_us),
         "", "## Per-request compute time", "",
         "`+aoti`: the same model with its AOTInductor graphs attached (model/inference/compiled.py: "
-        "batches of up to 4 users run through them, larger ones stay eager, so its B >= 8 rows "
-        "are the eager engine's).", "",
+        f"batches of up to {engine_module.COMPILED_MAX_BATCH} users run through them one by "
+        "one, larger ones stay eager, so its B = 128 rows are the eager engine's).", "",
         *fmt_latency(results, list(engines), lengths, batches, N_ITEMS),
         "", "Larger catalogue (scoring and top-k grow with it):", "",
         *fmt_latency(large, KINDS, (200,), large_batches, LARGE_ITEMS)[2:],
         "", "## PLR against SASRec, and batching", "", *fmt_ratios(results, lengths, batches),
+        "", "## Compiled user by user or one eager batch", "",
+        f"Cached append, n=50, per-user CPU ms (median, interleaved): the engine runs batches of "
+        f"up to COMPILED_MAX_BATCH = {engine_module.COMPILED_MAX_BATCH} users through the "
+        "compiled graphs one by one, larger ones as one eager batch.", "",
+        *crossover,
         "", "## Bytes per user (d=64, 2 layers; header 40 B + one row per window item)", "",
         "Row = item (4 B) + K and V of every layer + final hidden (5 x 64 values) + crc32 (4 B).", "",
         "| history length | window items | fp32 bytes | fp16 bytes |", "|---|---|---|---|",

@@ -74,8 +74,11 @@ def _as_items(seq: Sequence[int], what: str) -> list[int]:
 
 DEFAULT_TOP = 100  # stored answer length: requests with k <= this need no scoring
 # Up to this many users a batch runs user by user through the compiled graphs (~0.2 ms each for
-# PLR at d=64); larger batches amortise the eager per-op floor over their users instead.
-COMPILED_MAX_BATCH = 4
+# PLR at d=64); larger batches amortise the eager per-op floor over their users instead. Measured
+# (docs/inference.md, "Compiled user by user or one eager batch"): eager costs 2.2x per user at
+# B=5 and only draws level near B=32. A lower cap made an overloaded server slower per user the
+# moment its batches grew past it, which fed the overload.
+COMPILED_MAX_BATCH = 32
 
 
 class Engine:

@@ -13,6 +13,7 @@ import torch
 from inference_helpers import MAX_LEN, make_model, random_history
 
 from model.inference import Advance, Engine, RecRequest
+from model.inference.engine import COMPILED_MAX_BATCH
 from model.inference.compiled import (
     MANIFEST,
     CompiledUnavailable,
@@ -73,8 +74,10 @@ def test_every_length_through_the_window_edge_matches_eager(engines):
 
 def test_small_batches_run_compiled_and_large_ones_eager_with_the_same_answers(engines):
     eager, compiled = engines
-    histories = [random_history(n, seed=90 + n) for n in (3, 5, 7, 9, 2, 4)]
-    for batch in (histories[:3], histories):  # 3 <= COMPILED_MAX_BATCH < 6
+    lengths = [3, 5, 7, 9, 2, 4] * (COMPILED_MAX_BATCH // 6 + 1)
+    histories = [random_history(n, seed=90 + i) for i, n in enumerate(lengths)]
+    assert 3 <= COMPILED_MAX_BATCH < len(histories)
+    for batch in (histories[:3], histories):  # user by user, then one eager batch
         a = eager.recommend([RecRequest(h, k=8) for h in batch])
         b = compiled.recommend([RecRequest(h, k=8) for h in batch])
         for x, y in zip(a, b):

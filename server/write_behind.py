@@ -29,7 +29,7 @@ class _Pending:
 
     def __init__(self, sent: asyncio.Future):
         self.task: asyncio.Task | None = None
-        self.sent = sent  # done once the write is sent (ordered stores) or over
+        self.sent = sent  # settled: done once the write is sent (ordered stores) or over
 
 
 class WriteBehind:
@@ -54,16 +54,13 @@ class WriteBehind:
         # A user's writes land in the order they were scheduled (a later state never loses to an
         # earlier one racing it to Redis); the conditional writes would refuse it anyway.
         if previous:
-            await asyncio.wait([self._settle_future(p) for p in previous])
+            await asyncio.wait([p.sent for p in previous])
         await write(lambda: self._mark_sent(pending) if self.ordered else None)
 
     @staticmethod
     def _mark_sent(pending: _Pending) -> None:
         if not pending.sent.done():
             pending.sent.set_result(None)
-
-    def _settle_future(self, pending: _Pending) -> asyncio.Future:
-        return pending.sent if self.ordered else pending.task
 
     def _done(self, pending: _Pending, users: list[str]) -> None:
         task = pending.task
@@ -79,7 +76,7 @@ class WriteBehind:
         pending = self._by_user.get(user_id)
         if pending is not None:
             # asyncio.wait, not await: a cancelled caller must not cancel the shared future
-            await asyncio.wait([self._settle_future(pending)])
+            await asyncio.wait([pending.sent])
 
     async def drain(self) -> None:
         while self._tasks:

@@ -191,6 +191,21 @@ def _gelu(x: Tensor) -> Tensor:
     return y.add_(1.0).mul_(x).mul_(0.5)
 
 
+# Few-query attention as broadcast multiply-and-sum instead of matmuls, for the exported one-user
+# graphs (model/inference/compiled.py), where a step attends with 1 (append) or M (reasoning)
+# queries: Inductor fuses each product-and-sum into one loop, while a matmul stays an ATen bmm or
+# SDPA call whose dispatch (~3-5 us) dwarfs its arithmetic. Measured on the served checkpoints:
+# PLR's append graph 93 -> 73 us, SASRec's 41 -> 31 us. Same math; sums in another order.
+def broadcast_scores(q: Tensor, k: Tensor) -> Tensor:
+    """Scaled attention scores q k^T / sqrt(Dh): q (..., Q, Dh), k (..., S, Dh) -> (..., Q, S)."""
+    return (q.unsqueeze(-2) * k.unsqueeze(-3)).sum(-1) * q.shape[-1] ** -0.5
+
+
+def broadcast_readout(weights: Tensor, v: Tensor) -> Tensor:
+    """Attention read-out weights @ v: weights (..., Q, S), v (..., S, Dh) -> (..., Q, Dh)."""
+    return (weights.unsqueeze(-1) * v.unsqueeze(-3)).sum(-2)
+
+
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """Inverted dropout: zero each element with probability p, scale the rest by 1 / (1 - p).
 

@@ -33,13 +33,13 @@ import torch
 from torch import Tensor, nn
 
 from ..base import SequentialRecommender
-from ..encoder import causal_mask
+from ..encoder import broadcast_readout, broadcast_scores, causal_mask
 
 log = logging.getLogger(__name__)
 
 GRAPH_NAMES = ("append1", "prefill")
 MANIFEST = "manifest.json"
-FORMAT = 4  # bump when the graphs' inputs or outputs change, or how they are compiled
+FORMAT = 5  # bump when the graphs' inputs or outputs change, or how they are compiled
 
 
 class CompiledUnavailable(RuntimeError):
@@ -91,7 +91,9 @@ class Append1(nn.Module):
             values = torch.cat([_heads(past, (2 * layer + 1) * d, d, h), v], dim=2)
             kv.append((keys, values))
             new.append((k, v))
-            x = block.finish(x, torch.nn.functional.scaled_dot_product_attention(q, keys, values))
+            # One query: broadcast products, fused by inductor, instead of an SDPA call.
+            weights = torch.softmax(broadcast_scores(q, keys), dim=-1)
+            x = block.finish(x, broadcast_readout(weights, values))
         h0 = x[:, -1]  # (1, D)
         lens = torch.zeros(1, dtype=torch.long) + past.shape[1] + 1
         vector, details = self.model.user_vectors(h0, kv, lens, explain=True)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model.config import ModelConfig
-from model.reasoning import diversity_loss, reason, reason_all_prefixes
+from model.reasoning import _chain_steps, diversity_loss, reason, reason_all_prefixes
 from model.registry import build_model
 from model_helpers import N_ITEMS, fit, synthetic_batch
 
@@ -57,6 +57,26 @@ def test_inference_form_equals_the_dense_block_mask_form_through_forward_layers(
         plain = block_mask_reference(model.encoder, h0, kv, seq_lens, model.triggers,
                                      model.reason_pos)
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("broadcast", [False, True])
+def test_exported_graph_form_equals_the_dense_block_mask_form(broadcast):
+    """The per-chain form `reason` takes inside torch.export (model/inference/compiled.py), with
+    attention as matmuls or as broadcast products, = the plain form (eager, so it is checked
+    here without a compile; tests/inference/test_compiled.py checks the compiled graphs).
+    Large weights: at the default init the attention output barely moves the block outputs."""
+    model = tiny_plr(init_std=0.5).eval()
+    items, seq_lens, _ = synthetic_batch()
+    with torch.no_grad():
+        hidden, kv = model.encoder.encode(items, seq_lens)
+        h0 = model.encoder.last_hidden(hidden, seq_lens)
+        b, m, s = h0.shape[0], model.triggers.shape[0], kv[0][0].shape[2]
+        real = (torch.arange(s) < seq_lens.view(-1, 1)).unsqueeze(1).expand(b, m, s)
+        chains = _chain_steps(model.encoder, h0.unsqueeze(1) + model.triggers, kv, real,
+                              model.reason_pos, 0.0, broadcast=broadcast)
+        plain = block_mask_reference(model.encoder, h0, kv, seq_lens, model.triggers,
+                                     model.reason_pos)
+    torch.testing.assert_close(chains, plain, rtol=1e-5, atol=1e-5)
 
 
 def test_in_place_scratch_form_equals_the_copying_form_and_leaves_the_items_alone():

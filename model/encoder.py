@@ -194,8 +194,9 @@ def _gelu(x: Tensor) -> Tensor:
 # Few-query attention as broadcast multiply-and-sum instead of matmuls, for the exported one-user
 # graphs (model/inference/compiled.py), where a step attends with 1 (append) or M (reasoning)
 # queries: Inductor fuses each product-and-sum into one loop, while a matmul stays an ATen bmm or
-# SDPA call whose dispatch (~3-5 us) dwarfs its arithmetic. Measured on the served checkpoints:
-# PLR's append graph 93 -> 73 us, SASRec's 41 -> 31 us. Same math; sums in another order.
+# SDPA call whose dispatch (~3-5 us) dwarfs its arithmetic. In a side-by-side probe on the
+# served checkpoints (history 49) PLR's append graph took 93 -> 73 us, SASRec's 41 -> 31 us.
+# Same math; the sums run in another order (float rounding).
 def broadcast_scores(q: Tensor, k: Tensor) -> Tensor:
     """Scaled attention scores q k^T / sqrt(Dh): q (..., Q, Dh), k (..., S, Dh) -> (..., Q, S)."""
     return (q.unsqueeze(-2) * k.unsqueeze(-3)).sum(-1) * q.shape[-1] ** -0.5

@@ -307,6 +307,11 @@ DESIGN = """## What is measured against what
   dispatched ATen call costs more than the arithmetic, so the template wins and PLR's cached
   append graph halved (196 -> 98 us in a side-by-side probe). The prefill graph keeps ATen
   matmuls: with up to max_len rows the template lost (PLR n=200 1.6 -> 2.3 ms in a first run).
+  Attention with few queries (the append's one new item, the reasoning's M chain tokens) is
+  written as broadcast products (`model.encoder.broadcast_scores` / `broadcast_readout`) in
+  both graphs: Inductor fuses them into its loops, where a matmul stayed an ATen bmm or SDPA
+  call whose dispatch outweighed the arithmetic (8 bmm + 2 SDPA calls per PLR append; the
+  compiled rows above are with them gone).
   Each package is checked against its eager module before it is kept.
 """
 

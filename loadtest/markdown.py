@@ -84,7 +84,9 @@ def _setup(ctx: dict, slo_ms: float, results: list[dict]) -> list[str]:
         "arrivals, open loop (requests fire on schedule, each in its own greenlet); latency is "
         "measured from the scheduled send time.",
         f"- Each step: {ctx['warmup_s']:g} s warm-up (excluded), {ctx['measure_s']:g} s measured "
-        "(length steps warm up longer, to start every user first). While both models are on "
+        + (f"(a ladder step at least {ctx['min_requests']} requests: longer at low rates; "
+           if ctx.get("min_requests") else "(")
+        + "length steps warm up longer, to start every user first). While both models are on "
         "the ladder, each rate runs in halves, ABBA (plr, sasrec, sasrec, plr: each half warms "
         "up, then measures half the window), and each model's two halves are pooled into its "
         "step: a drift of the machine during a rate weighs on both models alike.",

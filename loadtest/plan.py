@@ -42,9 +42,13 @@ class Mode:
     cache_rates: tuple[float, ...]
     length_rate: float
     length_repeats: int
+    # A ladder step measures at least this many requests (longer windows at low rates): a p50 of
+    # ~300 requests (30 s at 10 req/s, ~180 of them steady) moved the PLR/SASRec ratio by ~10 %
+    # between runs of the same code, more than the 6 % it is judged by.
+    min_requests: int = 0
 
 
-# short: ~5 min smoke of every measurement; full: ~45 min (2026-12-01), the published numbers
+# short: ~5 min smoke of every measurement; full: ~48 min (2026-12-01), the published numbers
 MODES = {
     "short": Mode(
         warmup_s=3.0, measure_s=6.0, ladder=(25, 50, 100, 200, 400),
@@ -54,7 +58,7 @@ MODES = {
         warmup_s=10.0, measure_s=30.0,
         ladder=(10, 20, 40, 60, 80, 120, 160, 240, 320, 480, 640, 800, 960, 1280),
         floor=(40, 80, 160, 320, 480, 640, 960, 1280, 1920), cache_rates=(20, 40),
-        length_rate=40, length_repeats=2,
+        length_rate=40, length_repeats=2, min_requests=900,
     ),
 }
 
@@ -75,7 +79,7 @@ def ladder_step(mode: Mode, model: str | None, rate: float, target: str = "serve
         "main",
         0.5,
         warmup_s=mode.warmup_s,
-        measure_s=mode.measure_s,
+        measure_s=max(mode.measure_s, mode.min_requests / rate),
     )
 
 

@@ -314,6 +314,7 @@ def run_context(
         "mode": args.mode,
         "warmup_s": mode.warmup_s,
         "measure_s": mode.measure_s,
+        "min_requests": mode.min_requests,
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "platform": platform.platform(),

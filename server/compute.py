@@ -48,6 +48,9 @@ class Work:
     token: str = ""
     route: str = "recommend"  # metrics label
     near: NearEntry | None = None  # the near-cache entry whose envelope the read offered
+    # Hand the new cache and state back (WorkResult.write) instead of writing them behind the
+    # answer: an event computed before its store call, which carries the write (services.py).
+    defer_write: bool = False
 
     @property
     def builds(self) -> bool:
@@ -60,6 +63,7 @@ class WorkResult:
     outcome: str  # hit | extended | rebuilt | miss | bypass
     ranked: tuple[list[int], list[float], dict | None] | None = None  # None: no known items
     need_full: bool = False  # a stored base did not decode: read again without states, resubmit
+    write: tuple[StateWrite, NearEntry] | None = None  # defer_write: the write and its near entry
 
 
 @dataclass
@@ -128,13 +132,17 @@ class ComputePipeline:
                 p.result.ranked = answer
         for (w, p), (cache, state) in zip(todo, advanced):
             if w.view is not None and w.user_id is not None:
-                writes.append(self._write_for(w, p, cache, state))
+                if w.defer_write:
+                    p.result.write = self._write_for(w, p, cache, state)
+                else:
+                    writes.append(self._write_for(w, p, cache, state))
         for i, p in zip(indices, planned):
             results[i] = p.result
 
     def _plan(self, w: Work) -> _Planned:
         rt = w.runtime
-        if w.near is not None and w.view is not None and w.view.fresh_state is None:
+        if (w.near is not None and w.view is not None and w.view.fresh_state is None
+                and not w.defer_write):  # a deferred write's caller counts it once it lands
             self.metrics.near_cache("used" if w.view.near else "stale")
         if w.view is None:  # stateless
             items = rt.to_indices(w.history or [])

@@ -11,8 +11,11 @@ recommend() decides the request's `Mode` once, where it is understood:
 No usable history -> popularity, flagged. A user's stateful requests (STORED, AUTHORITATIVE,
 events) take turns in this process (server/user_turns.py). append_events(): all or nothing, once
 per event_id, then every loaded model's existing cache and state advance in one batch
-(settings.events_extend_cache); a user without a cache gets none built here. Writes of computed
-states are behind the answers.
+(settings.events_extend_cache); a user without a cache gets none built here. Where this process
+holds a model's current cache for the user (the near cache: it computed the last one), the new
+cache and state are computed first and ride in the append's own store call, applied there only if
+that copy was still the stored history; otherwise, and for recommend, writes of computed states
+are behind the answers.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from model.inference.state import stored_answer
 
 from .batcher import MicroBatcher
 from .compute import RankSpec, Work, WorkResult
-from .envelope import ENVELOPE_LEN
+from .envelope import ENVELOPE_LEN, Envelope
 from .errors import (
     InputError,
     StoreUnavailable,
@@ -38,11 +41,11 @@ from .errors import (
     UnknownUser,
 )
 from .metrics import Metrics
-from .near_cache import NearCache
+from .near_cache import NearCache, NearEntry
 from .runtime import ModelRuntime
 from .schemas import EventsRequest, RecommendRequest, item_strs
 from .settings import Settings
-from .store import Store, UserView
+from .store import ModelView, StateWrite, Store, UserView
 from .user_turns import UserTurns
 from .write_behind import WriteBehind
 
@@ -247,12 +250,21 @@ class Services:
         names = list(self.runtimes) if self.settings.events_extend_cache else []
         versions = [self.runtimes[n].version for n in names]
         near = [self.near.get(user, v) for v in versions]
+        ahead = await self._compute_ahead(user, names, near, item_ids, disconnected)
+        started = time.perf_counter()
         view = await self.store.append_events(user, item_ids, body.event_id, versions,
-                                              hints=[e.envelope if e else b"" for e in near])
+                                              hints=[e.envelope if e else b"" for e in near],
+                                              writes=[a[0] if a else None for a in ahead])
+        self.metrics.stage("events", "all", "store_append", time.perf_counter() - started)
         caches = {name: "bypass" for name in self.runtimes}
         works: dict[str, Work] = {}
-        for name, model_view, entry in zip(names, view.models, near):
-            if model_view.fresh_state is not None:
+        for name, version, model_view, entry, done in zip(names, versions, view.models, near,
+                                                          ahead):
+            if model_view.written:  # (a refused copy is counted stale where it is read past)
+                self.near.put(user, version, done[1])
+                self.metrics.near_cache("used")
+                caches[name] = "extended"
+            elif model_view.fresh_state is not None:
                 caches[name] = "hit"  # a repeated event id: nothing changed
             elif model_view.kv is not None or model_view.near:
                 works[name] = self._stored_work(
@@ -273,6 +285,38 @@ class Services:
             "user_id": user, "history_length": view.length, "applied": view.applied,
             "cache": caches[self.settings.default_model], "caches": caches,
         }
+
+    async def _compute_ahead(self, user: str, names: list[str], near: list[NearEntry | None],
+                             item_ids: list[str], disconnected: Disconnected
+                             ) -> list[tuple[StateWrite, NearEntry] | None]:
+        """Per model, the cache and state of its near-cache copy of the user's history extended
+        by the event's items, computed before the store call (which applies them only if that
+        copy is still the stored history: one round trip instead of an append and a write);
+        None where there is no copy or the compute failed (the event then takes the read path)."""
+        out: list[tuple[StateWrite, NearEntry] | None] = [None] * len(names)
+        works, at = [], []
+        for i, (name, entry) in enumerate(zip(names, near)):
+            covered = Envelope.unpack(entry.envelope) if entry is not None else None
+            if covered is None:
+                continue
+            works.append(Work(self.runtimes[name], None, view=ModelView(items=item_ids, near=True),
+                              user_id=user, length=covered.length + len(item_ids),
+                              token=covered.token, route="events", near=entry, defer_write=True))
+            at.append(i)
+        if not works:
+            return out
+        try:
+            results = await self.batcher.submit_many(works, disconnected)
+        except Unavailable:  # shed or shutting down: the append goes ahead without writes
+            return out
+        for i, result in zip(at, results):
+            if isinstance(result, BaseException):
+                if not isinstance(result, Exception):
+                    raise result  # cancellation
+                log.warning("computing %s's event ahead failed: %r", names[i], result)
+                continue
+            out[i] = result.write
+        return out
 
     def _event_outcome(self, name: str, result: WorkResult | BaseException) -> str:
         if isinstance(result, BaseException):

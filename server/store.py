@@ -70,6 +70,7 @@ class ModelView:
     items: list[str] | None = None  # None when fresh_state is set (nothing else was read)
     stale_kv: bool = False  # a cache existed but was made for another history
     near: bool = False  # the stored cache is the one the read's hint named: use the local copy
+    written: bool = False  # events: the caller's precomputed write was applied (nothing read)
 
 
 @dataclass
@@ -124,10 +125,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def append_events(self, user_id: str, item_ids: list[str], event_id: str | None,
-                            versions: list[str], hints: list[bytes] | None = None) -> UserView:
+                            versions: list[str], hints: list[bytes] | None = None,
+                            writes: list[StateWrite | None] | None = None) -> UserView:
         """Append once per event id (None: no id), then read what extending each model's cache
         needs; a model with no cache to extend gets a view without `kv` or `items` (events never
-        build caches: the next /recommend does). `applied` says whether it appended."""
+        build caches: the next /recommend does). `applied` says whether it appended.
+
+        `writes` (one per version, or None): a cache and state computed before the call for the
+        history (write.length - len(item_ids), write.token) extended by these items. Such a write
+        is applied, in the same atomic step, only if the items were appended right after exactly
+        that history; its view then says `written` and nothing else is read. Otherwise it is
+        dropped and the view is what it would have been without it."""
 
     # True when every call goes down one connection in call order, so a call made after a write
     # was sent runs after it (WriteBehind then waits for "sent", not for the reply).
@@ -226,6 +234,8 @@ def _views(raw: list) -> list[ModelView]:
                                  stale_kv=mode == 3 and bool(int(view[5]))))
         elif mode == 5:  # events: no cache to extend, nothing read
             out.append(ModelView(stale_kv=bool(int(view[1]))))
+        elif mode == 6:  # events: the precomputed write landed
+            out.append(ModelView(written=True))
         else:  # no history
             out.append(ModelView(items=[]))
     return out
@@ -345,13 +355,24 @@ class RedisStore(Store):
         return UserView(int(n), tok.decode(), _views(views), action=action.decode())
 
     async def append_events(self, user_id: str, item_ids: list[str], event_id: str | None,
-                            versions: list[str], hints: list[bytes] | None = None) -> UserView:
+                            versions: list[str], hints: list[bytes] | None = None,
+                            writes: list[StateWrite | None] | None = None) -> UserView:
         policy = self.idempotency
+        if writes is None:
+            writes = [None] * len(versions)
+        elif len(writes) != len(versions):
+            raise ValueError(f"{len(writes)} writes for {len(versions)} model versions")
         args = [event_id or f"auto:{new_token()}{new_token()}", "0" if event_id else "1",
                 new_token(), self.hist_ttl_ms, self.max_stored_history, 1000 * policy.window_s,
-                policy.max_ids, 1000 * policy.auto_keep_s, *_hints(hints, versions), *item_ids]
+                policy.max_ids, 1000 * policy.auto_keep_s, self.kv_ttl, *_hints(hints, versions)]
+        for w in writes:
+            if w is None:
+                args += [-1, "", "none", "", "", "", 0, ""]
+            else:
+                args += [w.length - len(item_ids), w.token, w.kv_mode, w.kv_head, w.kv_payload,
+                         w.expected_head, w.expected_strlen, w.state]
         applied, n, tok, views = await self._call("append", self._user_keys(user_id, versions),
-                                                  args)
+                                                  [*args, *item_ids])
         return UserView(int(n), tok.decode(), _views(views), applied=bool(applied))
 
     def _write_call(self, group: list[StateWrite]) -> tuple[list[str], list]:

@@ -70,6 +70,40 @@ local function model_view(hist, n, tok, st_key, kv_key, skip_state, hint, extend
   end
   return {3, false, kv, 0, json_list(redis.call('LRANGE', hist, 0, -1)), stale}
 end
+local function set(key, value, ttl)  -- with its TTL in the same command
+  if ttl > 0 then redis.call('SET', key, value, 'EX', ttl) else redis.call('SET', key, value) end
+end
+-- Store one model's cache and state computed for the history (n, tok), which the caller has
+-- checked is current or a prefix of the current one. The cache is appended to (mode 'append': only
+-- if it is still exactly the value it extends: envelope exp_head, exp_len bytes) or set (mode
+-- 'set': never over a cache of this history that covers more); the state likewise is never set
+-- over one covering more. An equal-length value is replaced (the writer found it unusable, or
+-- another server computed the same value). `with_kv`: the state only if the cache was written.
+-- -> kv written, state written (1/0)
+local function apply_write(kv_key, st_key, n, tok, ttl, mode, head, payload, exp_head, exp_len,
+                           state, with_kv)
+  local kv_ok, st_ok = 0, 0
+  if mode == 'append' then
+    if redis.call('GETRANGE', kv_key, 0, 31) == exp_head
+        and redis.call('STRLEN', kv_key) == tonumber(exp_len) then
+      redis.call('SETRANGE', kv_key, 0, head)
+      redis.call('APPEND', kv_key, payload)
+      if ttl > 0 then redis.call('EXPIRE', kv_key, ttl) end
+      kv_ok = 1
+    end
+  elseif mode == 'set' then
+    if covered(redis.call('GETRANGE', kv_key, 0, 31), 'PKV2', tok) <= n then
+      set(kv_key, head .. payload, ttl)
+      kv_ok = 1
+    end
+  end
+  if state ~= '' and (kv_ok == 1 or not with_kv)
+      and covered(redis.call('GETRANGE', st_key, 0, 31), 'PST1', tok) <= n then
+    set(st_key, state, ttl)
+    st_ok = 1
+  end
+  return kv_ok, st_ok
+end
 -- hints: ARGV index of the first version's hint ('' = none), one per (state, kv) key pair.
 local function views(n, tok, first_key, skip_state, hints, extend_only)
   local out = {}
@@ -140,18 +174,30 @@ return {action, n, tok, views(n, tok, 4, false, 3, false)}
 # sorted set scored by the time they were applied and are evicted one by one, by age (window_ms)
 # and by count (max_ids), oldest first; ids the server makes for id-less events are kept only
 # auto_keep_ms (enough to dedupe the client library's own reconnect retry). Past max_stored the
-# oldest half of the history is dropped (new token: caches rebuild once). Then READ, extend-only:
-# a model with no cache to extend gets {5, stale} (the next /recommend builds it).
+# oldest half of the history is dropped (new token: caches rebuild once).
+# Then, per model version, either its precomputed write or a READ view, extend-only (a model with
+# no cache to extend gets {5, stale}: the next /recommend builds it). A precomputed write is the
+# cache and state the caller computed *before* this call from its near-cache copy of the history
+# (base, token), for base + these items: it is applied (`apply_write`) only when this call
+# appended the items right after exactly that history (not a repeated event id, history length
+# was base, token unchanged, no trim), and the answer is then {6}; else the view, as if no write
+# had been offered. One round trip per event instead of an append and a write.
 # KEYS: hist, tok, eids, then (state, kv) pairs
 # ARGV: event_id, is_auto, new_token, hist_ttl_ms, max_stored, window_ms, max_ids, auto_keep_ms,
-#       a near-cache hint per version, item ids...   ->  {applied, n, tok, view per version}
+#       kv_ttl, a near-cache hint per version, then per version a write: base (-1 = none),
+#       token, kv_mode, kv_head, kv_payload, expected_head, expected_strlen, state; item ids...
+# -> {applied, n, tok, view or {6} per version}
 APPEND_EVENTS = _COMMON + """
+local V = (#KEYS - 3) / 2
+local first_item = 10 + 9 * V
 local applied = 0
 local now = now_ms()
 local window = tonumber(ARGV[6])
+local n0 = redis.call('LLEN', KEYS[1])
+local tok0 = redis.call('GET', KEYS[2]) or ''
 if not redis.call('ZSCORE', KEYS[3], ARGV[1]) then
   local items = {}
-  for i = 9 + (#KEYS - 3) / 2, #ARGV do items[#items + 1] = ARGV[i] end
+  for i = first_item, #ARGV do items[#items + 1] = ARGV[i] end
   push(KEYS[1], items, 1)
   local n = redis.call('LLEN', KEYS[1])
   local max_stored = tonumber(ARGV[5])
@@ -172,51 +218,47 @@ if not redis.call('ZSCORE', KEYS[3], ARGV[1]) then
 end
 local n = redis.call('LLEN', KEYS[1])
 local tok = redis.call('GET', KEYS[2]) or ''
-return {applied, n, tok, views(n, tok, 4, false, 9, true)}
+local extended = applied == 1 and tok == tok0 and n == n0 + #ARGV - first_item + 1
+local ttl = tonumber(ARGV[9])
+local out = {}
+for v = 1, V do
+  local st_key, kv_key, a = KEYS[2 + 2 * v], KEYS[3 + 2 * v], 10 + V + 8 * (v - 1)
+  local kv_ok = 0
+  if extended and tonumber(ARGV[a]) == n0 and ARGV[a + 1] == tok then
+    kv_ok = apply_write(kv_key, st_key, n, tok, ttl, ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
+                        ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], true)
+  end
+  if kv_ok == 1 then
+    out[v] = {6}
+  elseif n == 0 then
+    out[v] = {0}
+  else
+    out[v] = model_view(KEYS[1], n, tok, st_key, kv_key, false, ARGV[9 + v], true)
+  end
+end
+return {applied, n, tok, out}
 """
 
 # Store what was computed for the history (n, tok), for one or more model versions of one user
 # (one script call per user and history, all its models at once): applies only while the history
 # still has that token and at least n entries (not deleted, replaced or trimmed since; appends are
-# fine). A cache is appended to (mode 'append': only if it is still exactly the value it extends)
-# or set (mode 'set': never over a cache of this history that covers more); likewise a state. An
-# equal-length value is replaced: the writer read it and found it unusable (corrupt), or another
-# server computed the same value. Envelopes are read with GETRANGE (32 bytes, never the value).
+# fine), each write as `apply_write` says. Envelopes are read with GETRANGE (32 bytes, never the
+# value).
 # KEYS: hist, tok, then (kv, state) per write
 # ARGV: n, tok, kv_ttl, then per write: kv_mode (none|set|append), kv_head, kv_payload,
 #       expected_head, expected_strlen, state (whole value, '' = none)
 # -> {kv written, state written} per write, flattened
 WRITE_STATE = _COMMON + """
-local function set(key, value, ttl)  -- with its TTL in the same command
-  if ttl > 0 then redis.call('SET', key, value, 'EX', ttl) else redis.call('SET', key, value) end
-end
 local n = tonumber(ARGV[1])
 local current = redis.call('GET', KEYS[2]) == ARGV[2] and redis.call('LLEN', KEYS[1]) >= n
-local ttl = tonumber(ARGV[3])
 local out = {}
 for w = 0, (#KEYS - 2) / 2 - 1 do
-  local kv_key, st_key, a = KEYS[3 + 2 * w], KEYS[4 + 2 * w], 3 + 6 * w
+  local a = 3 + 6 * w
   local kv_ok, st_ok = 0, 0
   if current then
-    local mode = ARGV[a + 1]
-    if mode == 'append' then
-      if redis.call('GETRANGE', kv_key, 0, 31) == ARGV[a + 4]
-          and redis.call('STRLEN', kv_key) == tonumber(ARGV[a + 5]) then
-        redis.call('SETRANGE', kv_key, 0, ARGV[a + 2])
-        redis.call('APPEND', kv_key, ARGV[a + 3])
-        if ttl > 0 then redis.call('EXPIRE', kv_key, ttl) end
-        kv_ok = 1
-      end
-    elseif mode == 'set' then
-      if covered(redis.call('GETRANGE', kv_key, 0, 31), 'PKV2', ARGV[2]) <= n then
-        set(kv_key, ARGV[a + 2] .. ARGV[a + 3], ttl)
-        kv_ok = 1
-      end
-    end
-    if ARGV[a + 6] ~= '' and covered(redis.call('GETRANGE', st_key, 0, 31), 'PST1', ARGV[2]) <= n then
-      set(st_key, ARGV[a + 6], ttl)
-      st_ok = 1
-    end
+    kv_ok, st_ok = apply_write(KEYS[3 + 2 * w], KEYS[4 + 2 * w], n, ARGV[2], tonumber(ARGV[3]),
+                               ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5],
+                               ARGV[a + 6], false)
   end
   out[#out + 1] = kv_ok
   out[#out + 1] = st_ok

@@ -480,6 +480,15 @@ def test_ladder_runs_two_models_in_halves_abba_and_pools_each_models_halves():
                       "ladder-sasrec-r30", "ladder-plr-r50", "ladder-sasrec-r50"]
 
 
+def test_low_ladder_rates_measure_longer_so_every_step_has_enough_requests():
+    from loadtest.plan import MODES, ladder_step
+
+    full = MODES["full"]
+    windows = {rate: ladder_step(full, "plr", rate).measure_s for rate in (10, 20, 40, 640)}
+    assert windows == {10: 90.0, 20: 45.0, 40: 30.0, 640: 30.0}  # >= 900 requests, >= 30 s
+    assert ladder_step(MODES["short"], "plr", 10).measure_s == 6.0  # the smoke stays short
+
+
 def test_merged_step_pools_the_requests_and_windows_of_its_halves(tmp_path):
     import csv
 

@@ -71,6 +71,8 @@ def test_cached_answers_equal_full_recompute_across_window_restarts(make_client,
         again = rec(client, user_id="u1", model=model, k=10)
         assert again["cache"] == "precomputed" and again["items"] == cached["items"]
     assert length > 2 * MAX_LEN  # the window restarted twice
+    if extend_at == "events":  # every event after the first rode its cache in its append call
+        assert 'plr_near_cache_total{result="used"} 11.0' in client.get("/metrics").text
 
 
 def test_request_history_user_matches_stateless_answer(client):

@@ -202,6 +202,59 @@ def test_cache_writes_are_compare_and_set_and_never_go_backwards(redis_url, raw_
     assert 0 < raw_redis.ttl(kv_key("u", "v")) <= 60 and 0 < raw_redis.ttl(state_key("u", "v"))
 
 
+def test_a_write_computed_ahead_lands_with_its_append_only_right_after_its_history(
+        redis_url, raw_redis):
+    """An event's cache and state computed before the append (from a local copy of the history)
+    ride in the append's own call and land only when the items went right after exactly that
+    history; otherwise nothing of it is stored and the view is the one without it."""
+    def ahead(base, items, kv=b"+", state=b"NEW", **kw) -> StateWrite:
+        # What the server computes from its copy of history `base` (a UserView) plus `items`.
+        stored = raw_redis.get(kv_key("u", "v"))
+        grown = type(base)(base.length + len(items), base.token)
+        return write(grown, kv=kv, state=state, mode="append", expected_head=stored[:32],
+                     expected_strlen=len(stored), **kw)
+
+    async def go(store):
+        v1 = await store.append_events("u", ["a"], "e1", ["v"])
+        assert await store.write_states([write(v1, kv=b"ROWS")]) == [(True, True)]
+        hint = [raw_redis.get(kv_key("u", "v"))[:32]]
+        # Right after its history: written in the same call, nothing read back.
+        v2 = await store.append_events("u", ["b"], "e2", ["v"], hints=hint,
+                                       writes=[ahead(v1, ["b"])])
+        assert v2.length == 2 and v2.applied and v2.models[0].written
+        assert raw_redis.get(kv_key("u", "v"))[32:] == b"ROWS+"
+        assert Envelope.unpack(raw_redis.get(state_key("u", "v"))).length == 2
+        # A repeated event id: nothing appended, the write is dropped, the state is current.
+        again = await store.append_events("u", ["b"], "e2", ["v"], writes=[ahead(v2, ["b"])])
+        assert not again.applied and not again.models[0].written
+        assert again.models[0].fresh_state is not None and again.length == 2
+        # Another event landed first (history 3, cache still at 2): a copy of history 2 is stale.
+        await store.append_events("u", ["c"], "e3", ["v"])
+        late = await store.append_events("u", ["d"], "e4", ["v"], writes=[ahead(v2, ["d"])])
+        assert late.length == 4 and not late.models[0].written
+        assert late.models[0].kv is not None and late.models[0].items == ["c", "d"]
+        # The stored cache moved on under the copy (another server wrote it): refused whole,
+        # the state included, even though the history itself is right after the copy's.
+        v5 = await store.append_events("u", ["e"], "e5", ["v"])
+        assert await store.write_states([write(v5, kv=b"OTHER")]) == [(True, True)]
+        stale = ahead(v5, ["f"])
+        stale.expected_head = Envelope(KV_MAGIC, 4, v5.token).pack()
+        refused = await store.append_events("u", ["f"], "e6", ["v"], writes=[stale])
+        assert not refused.models[0].written and refused.length == 6
+        assert raw_redis.get(kv_key("u", "v"))[32:] == b"OTHER"
+        assert not raw_redis.get(state_key("u", "v")).endswith(b"NEW")
+        # A replaced history (new token): a copy of the old one never lands.
+        view = await store.sync("u", ["x"], ["v"])
+        assert view.token != v5.token
+        old = ahead(type(v5)(6, v5.token), ["y"])
+        replaced = await store.append_events("u", ["y"], "e7", ["v"], writes=[old])
+        assert not replaced.models[0].written and replaced.length == 2
+        with pytest.raises(ValueError, match="writes for"):
+            await store.append_events("u", ["z"], "e8", ["v"], writes=[])
+
+    run(with_store(redis_url, go))
+
+
 def test_one_users_models_write_in_one_call_and_each_write_gets_its_own_reply(redis_url,
                                                                               raw_redis):
     """Writes of one (user, history) share one script call (one token check for all models);

@@ -106,6 +106,11 @@ def interleaved(steps: list[Step]) -> Step:
                    measure_s=first.measure_s * n)
 
 
+def alone(step: Step) -> Step:
+    """`step` run by itself: the rate of an interleaved step where a model failed, again."""
+    return replace(step, name=f"{step.name}-alone")
+
+
 def cache_steps(mode: Mode, models: list[str]) -> list[Step]:
     """Recommend-only at histories of max_len, cache on vs off, models alternating."""
     steps = []

@@ -588,6 +588,34 @@ def test_interleaved_step_splits_into_one_result_per_model(tmp_path):
     assert plr["counters"] == [] and sasrec["counters"][0]["delta"] == 3
 
 
+def test_a_failed_interleaved_rate_counts_each_model_measured_alone(tmp_path):
+    from types import SimpleNamespace
+
+    from loadtest.plan import MODES, alone, ladder_step
+    from loadtest.runner import StepRunner
+
+    steps = [ladder_step(MODES["short"], m, 10) for m in ("plr", "sasrec")]
+    (tmp_path / "steps").mkdir()
+
+    def save(name, passes):  # saved results: the runner loads them and runs nothing
+        (tmp_path / "steps" / f"{name}.json").write_text(json.dumps({
+            "step": {"name": name}, "passes_slo": passes, "summary": {
+                "offered_rate": 10, "achieved_rate": 10, "errors": 0, "by_name": {}}}))
+
+    run = StepRunner(None, None, tmp_path, SimpleNamespace(slo_ms=25.0), "t")
+    save(steps[0].name, True)
+    save(steps[1].name, False)  # e.g. behind an overloaded model's backlog
+    for step in steps:
+        save(alone(step).name, True)
+    results = run.interleave(steps)
+    assert [r["step"]["name"] for r in results] == ["ladder-plr-r10-alone",
+                                                    "ladder-sasrec-r10-alone"]
+    assert run.results == results and run.reused == 2
+    save(steps[1].name, True)  # both passed in turns: the interleaved results count
+    run = StepRunner(None, None, tmp_path, SimpleNamespace(slo_ms=25.0), "t")
+    assert [r["step"]["name"] for r in run.interleave(steps)] == [s.name for s in steps]
+
+
 def test_length_steps_start_every_user_in_warmup_and_cap_events_per_user():
     from loadtest.plan import MAX_EVENTS_PER_USER, MODES, length_steps
 

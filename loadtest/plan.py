@@ -50,7 +50,7 @@ class Mode:
     min_requests: int = 0
 
 
-# short: ~5 min smoke of every measurement; full: ~48 min (2026-12-01), the published numbers
+# short: ~5 min smoke of every measurement; full: ~45 min (2026-12-01), the published numbers
 MODES = {
     "short": Mode(
         warmup_s=3.0, measure_s=6.0, ladder=(25, 50, 100, 200, 400),

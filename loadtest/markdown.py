@@ -87,9 +87,12 @@ def _setup(ctx: dict, slo_ms: float, results: list[dict]) -> list[str]:
         + (f"(a ladder step at least {ctx['min_requests']} requests: longer at low rates; "
            if ctx.get("min_requests") else "(")
         + "length steps warm up longer, to start every user first). While both models are on "
-        "the ladder, each rate runs in halves, ABBA (plr, sasrec, sasrec, plr: each half warms "
-        "up, then measures half the window), and each model's two halves are pooled into its "
-        "step: a drift of the machine during a rate weighs on both models alike.",
+        "the ladder, a rate runs as one interleaved step: the models take turns in 1 s slices "
+        "(each pair of slices in seeded random order), each with its own users and the full "
+        "rate during its turns, and each gets the warm-up and measured seconds above; the "
+        "requests are split back per model. A drift of the machine then weighs on both models "
+        "alike; the server's stage histograms of such a step cover both models' turns (rows "
+        "labelled with the other model left out).",
         "- *steady* = `/recommend` by user_id (stored history and cache) + `/events` (one item). "
         "A user's first request in a step is a session start (`/recommend` with the full "
         "history), reported apart.",
@@ -307,7 +310,7 @@ def _stages(results: list[dict], models: list[str]) -> list[str]:
     return (
         [
             f"## Server stages at {rate:g} req/s (GET /metrics histograms, diffed over the step "
-            "or its halves)",
+            "or the models' interleaved step)",
             "",
             "Bucketed: p50/p99 interpolate inside Prometheus buckets. Every step's stages are in "
             "[latency/stages.csv](latency/stages.csv).",
@@ -412,7 +415,7 @@ def render(results: list[dict], ctx: dict, head: dict, slo_ms: float, goals: dic
         lines += ["![latency vs rate](latency/latency_vs_rate.png)", ""]
     lines += _ladder(
         results, "ladder",
-        "Ladder: models alternate at each rate, ABBA halves pooled (steady requests, ms)"
+        "Ladder: both models at each rate, interleaved in 1 s turns (steady requests, ms)"
     )
     lines += _ratios(head, models) + _cache(head) + _events(results)
     lines += _ladder(results, "floor", "Floor: the empty FastAPI app, same traffic (ms)")

@@ -1,9 +1,9 @@
 """The steps of a load-test run, per mode. A step = one locust run at one offered rate.
 
-Contract: ladder steps alternate models at each rate (plr@r1, sasrec@r1, plr@r2, ...), in
-halves run ABBA when two models are still on the ladder (plr-a, sasrec-a, sasrec-b, plr-b: a drift
-in the machine during a rate then weighs on both models alike), and a target's ladder stops after
-two SLO failures in a row (the runner decides);
+Contract: every model on the ladder runs each rate (plr@r1, sasrec@r1, plr@r2, ...); while two or
+more are on it, their steps at a rate run as one interleaved step (plan.interleaved: the models
+take turns in 1 s slices, so a drift of the machine weighs on all of them alike), and a target's
+ladder stops after two SLO failures in a row (the runner decides);
 the floor ladder runs the same traffic against the empty app; cache and length steps are fixed.
 Step names are unique and stable, so a rerun can skip steps whose result file exists.
 """
@@ -28,6 +28,8 @@ class Step:
     prime: bool = False
     warmup_s: float = 3.0
     measure_s: float = 8.0
+    alternate: tuple[str, ...] = ()  # more models, interleaved with `model` (plan.interleaved)
+    slice_s: float = 1.0  # seconds per model turn when interleaved
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,7 +50,7 @@ class Mode:
     min_requests: int = 0
 
 
-# short: ~5 min smoke of every measurement; full: ~48 min (2026-12-01), the published numbers
+# short: ~5 min smoke of every measurement; full: ~45 min (2026-12-01), the published numbers
 MODES = {
     "short": Mode(
         warmup_s=3.0, measure_s=6.0, ladder=(25, 50, 100, 200, 400),
@@ -83,12 +85,30 @@ def ladder_step(mode: Mode, model: str | None, rate: float, target: str = "serve
     )
 
 
-def halves(step: Step) -> tuple[Step, Step]:
-    """The two parts of a step run ABBA against another model's (A1 B1 B2 A2): each warms up as
-    the whole step does and measures half its window; the runner pools them into `step`."""
-    half = step.measure_s / 2
-    return (replace(step, name=f"{step.name}-a", measure_s=half),
-            replace(step, name=f"{step.name}-b", measure_s=half))
+def interleaved(steps: list[Step]) -> Step:
+    """One step running `steps` (the same rate and traffic for different models) interleaved in
+    time: the models take turns in slices of `slice_s` (traffic.Interleaving), each with its own
+    users, and each still gets its own step's warm-up and measured seconds (the step lasts n times
+    as long). The runner splits its requests back into one result per model.
+
+    Why: in the full run of 2026-12-01 10:11 (each model's step in two halves, ABBA), one
+    model's p50 at a rate moved by up to 19 % between its halves, tens of seconds apart: more
+    than the 6 % the PLR/SASRec ratio is judged by. Turns of 1 s share every slower drift."""
+    first, n = steps[0], len(steps)
+    if n < 2 or any((s.rate, s.pool, s.target, s.group) != (first.rate, first.pool, first.target,
+                                                           first.group) for s in steps):
+        raise ValueError("interleave two or more steps of one rate, pool and target")
+    models = [s.model for s in steps]
+    if None in models or len(set(models)) != n:
+        raise ValueError(f"interleaved steps need distinct named models, got {models}")
+    return replace(first, name=f"{first.group}-{'+'.join(models)}-r{_rate_tag(first.rate)}",
+                   alternate=tuple(models[1:]), warmup_s=first.warmup_s * n,
+                   measure_s=first.measure_s * n)
+
+
+def alone(step: Step) -> Step:
+    """`step` run by itself: the rate of an interleaved step where a model failed, again."""
+    return replace(step, name=f"{step.name}-alone")
 
 
 def cache_steps(mode: Mode, models: list[str]) -> list[Step]:

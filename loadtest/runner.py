@@ -201,8 +201,11 @@ def run_step(
         "cache": step.cache,
         "users": step.users,
         "prime": "on" if step.prime else "off",
-        "namespace": f"{run_id}-{step.name}",
+        # user ids must match the API's pattern: an interleaved step's "+" becomes "."
+        "namespace": f"{run_id}-{step.name}".replace("+", "."),
         "out": f"{raw}_requests.csv",
+        "alternate": ",".join(step.alternate),
+        "slice": step.slice_s,
     }
     run_time = step.warmup_s + step.measure_s + DRAIN_S + 60  # backstop; the user quits itself
     cmd = procs.locust_cmd(servers.url(step.target), raw, run_time, lt_args)
@@ -218,7 +221,7 @@ def run_step(
         procs.stop(proc)  # the requests CSV check below reports it
     servers.check_alive()
     after = servers.metrics() if step.target == "server" else ""
-    if before and after:  # kept so that a step run in parts can be pooled (StepRunner.merge)
+    if before and after:  # kept with the raw requests: what the step's tables were made of
         Path(f"{raw}_metrics_before.prom").write_text(before)
         Path(f"{raw}_metrics_after.prom").write_text(after)
     if not Path(f"{raw}_requests.csv").exists():
@@ -244,62 +247,87 @@ class StepRunner:
         self.servers, self.workload, self.run_dir, self.args = servers, workload, run_dir, args
         self.run_id, self.results, self.reused = run_id, [], 0
 
-    def __call__(self, step: Step, part: bool = False) -> dict:
-        """Run (or load) a step; a part of a step is saved but left out of the results."""
+    def __call__(self, step: Step) -> dict:
+        """Run (or load) a step."""
         path = self.run_dir / "steps" / f"{step.name}.json"
         if path.exists():
             result = json.loads(path.read_text())
-            self.reused += 0 if part else 1
+            self.reused += 1
         else:
             result = run_step(
                 step, self.servers, self.workload, self.run_dir, self.args, self.run_id
             )
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result, indent=1))
-        if not part:
-            self.results.append(result)
-        _progress(result, "  part " if part else "")
-        return result
-
-    def merge(self, step: Step, parts: list[Step]) -> dict:
-        """`step` as the pool of its parts (already run): every measured request of each part,
-        the server's histograms and counters summed over the parts' windows."""
-        path = self.run_dir / "steps" / f"{step.name}.json"
-        if path.exists():
-            result = json.loads(path.read_text())
-            self.reused += 1
-        else:
-            result = merge_parts(step, parts, self.run_dir, self.args.slo_ms)
-            path.write_text(json.dumps(result, indent=1))
         self.results.append(result)
         _progress(result)
         return result
 
+    def interleave(self, steps: list[Step]) -> list[dict]:
+        """`steps` (one rate, several models) run as one interleaved step (plan.interleaved) and
+        split back into one result per model; each is loaded instead where already saved.
 
-def merge_parts(step: Step, parts: list[Step], run_dir: Path, slo_ms: float) -> dict:
-    """One result for `step` from its parts' saved results, request rows and metric scrapes.
-    Each part measured [warmup, warmup + its window); pooled, the rows fill `step`'s window as
-    often as a single run of it would, so rates and percentiles read the same way."""
-    saved = [json.loads((run_dir / "steps" / f"{p.name}.json").read_text()) for p in parts]
-    raws = [run_dir / "raw" / p.name for p in parts]
-    rows = [row for raw in raws for row in read_request_rows(f"{raw}_requests.csv")]
-    summary = summarize_step(rows, step.rate, sum(p.measure_s for p in parts), step.warmup_s)
-    scrapes = [(Path(f"{raw}_metrics_before.prom").read_text(),
-                Path(f"{raw}_metrics_after.prom").read_text())
-               for raw in raws if Path(f"{raw}_metrics_after.prom").exists()]
-    return {
-        "step": step.to_dict() | {"parts": [p.name for p in parts]},
-        "summary": summary,
-        "wall_s": round(sum(r["wall_s"] for r in saved), 2),
-        "loadavg_1m": [saved[0]["loadavg_1m"][0], saved[-1]["loadavg_1m"][-1]],
-        "passes_slo": passes_slo(summary, slo_ms),
-        "parts": [{"name": p.name, "p50": r["summary"]["by_name"].get("steady", {}).get("p50"),
-                   "p99": r["summary"]["by_name"].get("steady", {}).get("p99"),
-                   "passes_slo": r["passes_slo"]} for p, r in zip(parts, saved)],
-        "locust": [r["locust"] for r in saved],
-        "stages": prom.stage_table_of(scrapes) if len(scrapes) == len(parts) else [],
-        "counters": prom.counter_deltas_of(scrapes) if len(scrapes) == len(parts) else [],
-    }
+        Where any model fails the SLO, the rate is measured again one model at a time
+        (plan.alone) and those results count: a model that falls behind carries its backlog into
+        the others' turns (2026-12-01, 1280 req/s: SASRec's p99 165 ms in turns with an
+        overloaded PLR; it had passed that rate in the run before, ABBA in halves)."""
+        paths = [self.run_dir / "steps" / f"{step.name}.json" for step in steps]
+        loaded = all(path.exists() for path in paths)
+        if loaded:
+            results = [json.loads(path.read_text()) for path in paths]
+        else:
+            joint = plan.interleaved(steps)
+            joint_path = self.run_dir / "steps" / f"{joint.name}.json"
+            if joint_path.exists():  # run, but stopped before its split was saved
+                joint_result = json.loads(joint_path.read_text())
+            else:
+                joint_result = run_step(
+                    joint, self.servers, self.workload, self.run_dir, self.args, self.run_id
+                )
+                joint_path.parent.mkdir(parents=True, exist_ok=True)
+                joint_path.write_text(json.dumps(joint_result, indent=1))
+            results = split_interleaved(joint, steps, joint_result, self.run_dir,
+                                        self.args.slo_ms)
+            for path, result in zip(paths, results):
+                path.write_text(json.dumps(result, indent=1))
+        if not all(result["passes_slo"] for result in results):
+            for result in results:
+                _progress(result, "interleaved, not counted: ")
+            return [self(plan.alone(step)) for step in steps]
+        self.reused += len(results) if loaded else 0
+        self.results += results
+        for result in results:
+            _progress(result)
+        return results
+
+
+def split_interleaved(joint: Step, steps: list[Step], joint_result: dict, run_dir: Path,
+                      slo_ms: float) -> list[dict]:
+    """One result per model of an interleaved step: that model's requests (the CSV's model
+    column), its rates per second of its own slices, and the server's stage and counter rows
+    of the shared window less those labelled with another of the models."""
+    rows = read_request_rows(run_dir / "raw" / f"{joint.name}_requests.csv")
+    share = 1 / len(steps)
+    out = []
+    for step in steps:
+        others = {f"model={s.model}" for s in steps if s.model != step.model}
+
+        def mine(table: list[dict]) -> list[dict]:
+            return [row for row in table if not others & set(row["labels"].split(","))]
+
+        summary = summarize_step([r for r in rows if r["model"] == step.model], step.rate,
+                                 joint.measure_s, joint.warmup_s, share)
+        out.append({
+            "step": step.to_dict() | {"interleaved": joint.name},
+            "summary": summary,
+            "wall_s": round(joint_result["wall_s"] * share, 2),
+            "loadavg_1m": joint_result["loadavg_1m"],
+            "passes_slo": passes_slo(summary, slo_ms),
+            "locust": joint_result["locust"],  # the whole step's (a cross-check of the totals)
+            "stages": mine(joint_result["stages"]),
+            "counters": mine(joint_result["counters"]),
+        })
+    return out
 
 
 def _progress(result: dict, prefix: str = ""):
@@ -317,24 +345,19 @@ def _ms(value) -> str:
     return f"{value:7.2f}ms" if value is not None else "      -  "
 
 
-def run_ladder(run, mode, models: list[str], target: str, rates, merge=None) -> None:
-    """Models alternate at each rate; a model leaves the ladder after two failures in a row (one
-    hiccup in a short step does not end it; goodput still stops at the first failure).
+def run_ladder(run, mode, models: list[str], target: str, rates, interleave=None) -> None:
+    """Every model still on the ladder runs each rate; a model leaves it after two failures in a
+    row (one hiccup in a short step does not end it; goodput still stops at the first failure).
 
-    With `merge` (the runner's), two or more models still on the ladder run each rate in halves,
-    ABBA (plr-a, sasrec-a, sasrec-b, plr-b), and `merge(step, parts)` pools each model's halves:
-    the models' ratio at a rate then does not ride on whichever ran while the machine drifted."""
+    With `interleave` (the runner's), two or more models still on the ladder run a rate as one
+    interleaved step, `interleave(steps) -> results` (plan.interleaved): the models' ratio at a
+    rate then does not ride on whichever ran while the machine drifted."""
     failures = dict.fromkeys(models, 0)
     for rate in rates:
         active = [m for m in models if failures[m] < 2]
         steps = [plan.ladder_step(mode, model, rate, target) for model in active]
-        if merge is not None and len(steps) > 1:
-            halves = [plan.halves(step) for step in steps]
-            for first, _ in halves:
-                run(first, part=True)
-            for _, second in reversed(halves):
-                run(second, part=True)
-            results = [merge(step, list(pair)) for step, pair in zip(steps, halves)]
+        if interleave is not None and len(steps) > 1:
+            results = interleave(steps)
         else:
             results = [run(step) for step in steps]
         for model, result in zip(active, results):
@@ -379,7 +402,7 @@ def run_sequential(servers: Servers, workload: dict, models: list[str], mode,
 
 def run_plan(run: StepRunner, mode, models: list[str], groups: set[str]) -> None:
     if "ladder" in groups:
-        run_ladder(run, mode, models, "server", mode.ladder, merge=run.merge)
+        run_ladder(run, mode, models, "server", mode.ladder, interleave=run.interleave)
     if "cache" in groups:
         for step in plan.cache_steps(mode, models):
             run(step)

@@ -40,6 +40,7 @@ def read_request_rows(path) -> list[dict]:
         row["status"] = int(row["status"])
         row["latency_ms"] = float(row["latency_ms"]) if row["latency_ms"] else None
         row["lateness_ms"] = float(row["lateness_ms"]) if row["lateness_ms"] else None
+        row["model"] = row.get("model") or ""  # files written before interleaving had none
     return rows
 
 
@@ -48,20 +49,26 @@ def is_error(row: dict) -> bool:
     return not 200 <= row["status"] < 300
 
 
-def achieved_rate(rows: list[dict], window_start_s: float, window_s: float) -> float | None:
-    """Requests actually sent (scheduled time + lateness) inside the window, per second: a
-    generator that falls behind pushes sends past the window's end and this drops below offered."""
+def achieved_rate(
+    rows: list[dict], window_start_s: float, window_s: float, share: float = 1.0
+) -> float | None:
+    """Requests actually sent (scheduled time + lateness) inside the window, per second of the
+    `share` of it these rows were offered in (an interleaved model's slices): a generator that
+    falls behind pushes sends past the window's end and this drops below offered."""
     if window_s <= 0:
         return None
     end = window_start_s + window_s
     sent = [r["t_sched_s"] + r["lateness_ms"] / 1000 for r in rows if r["lateness_ms"] is not None]
-    return sum(window_start_s <= t < end for t in sent) / window_s
+    return sum(window_start_s <= t < end for t in sent) / (window_s * share)
 
 
 def summarize_step(
-    rows: list[dict], offered_rate: float, window_s: float, warmup_s: float = 0.0
+    rows: list[dict], offered_rate: float, window_s: float, warmup_s: float = 0.0,
+    share: float = 1.0,
 ) -> dict:
-    """Per request name and "steady" (all non-setup names) plus step-level errors and rates."""
+    """Per request name and "steady" (all non-setup names) plus step-level errors and rates.
+    `share`: the fraction of the window the rows' stream owned (1/n for one of n interleaved
+    models, which sees `offered_rate` only during its slices): rates are per owned second."""
     measured = [r for r in rows if r["phase"] == "measure"]
     groups = {"steady": [r for r in measured if not r["name"].endswith("]")]}
     for row in measured:
@@ -78,8 +85,8 @@ def summarize_step(
     lateness = [r["lateness_ms"] for r in measured if r["lateness_ms"] is not None]
     return {
         "offered_rate": offered_rate,
-        "achieved_rate": achieved_rate(rows, warmup_s, window_s),
-        "completed_rate": sum(r["status"] > 0 for r in measured) / window_s
+        "achieved_rate": achieved_rate(rows, warmup_s, window_s, share),
+        "completed_rate": sum(r["status"] > 0 for r in measured) / (window_s * share)
         if window_s > 0
         else None,
         "errors": sum(is_error(r) for r in measured),

@@ -4,6 +4,7 @@ Contract: Traffic.next_request() picks /events vs /recommend by `events_share`, 
 rank, and returns a session-start request on a user's first touch (cache on: /recommend with the
 full history; cache off: /events seeding the history), so steady requests meet warm server state.
 Request names ending in "]" (sessions, seeds, cleanup) are setup traffic, reported separately.
+Interleaving(n, slice_s) says which of n traffic streams (one per model) owns a scheduled arrival.
 """
 
 import random
@@ -108,6 +109,33 @@ class Traffic:
         item = source[state.future_pos % len(source)]
         state.future_pos += 1
         return item
+
+
+class Interleaving:
+    """Which of `n` streams owns the arrival scheduled at `offset` s: time is cut into slices of
+    `slice_s`, and each block of n consecutive slices gives every stream one slice, in a seeded
+    random order per block. Streams measured this way share the machine's drift on every scale
+    above ~n slices, and a periodic disturbance cannot line up with one stream's slices (a fixed
+    ABBA order could alias one). n = 1: every arrival is stream 0."""
+
+    def __init__(self, n: int, slice_s: float = 1.0, seed: int = 0):
+        if n < 1:
+            raise ValueError(f"need at least one stream, got {n}")
+        if slice_s <= 0:
+            raise ValueError(f"slice_s must be > 0, got {slice_s}")
+        self.n, self.slice_s = n, slice_s
+        self._rng = random.Random(f"interleave:{seed}")
+        self._order: list[int] = []  # stream of each slice so far, blocks appended as needed
+
+    def __call__(self, offset: float) -> int:
+        if self.n == 1:
+            return 0
+        slot = int(offset // self.slice_s)
+        while len(self._order) <= slot:
+            block = list(range(self.n))
+            self._rng.shuffle(block)
+            self._order += block
+        return self._order[slot]
 
 
 def arrival_offsets(rate: float, duration_s: float, kind: str = "constant", seed: int = 0):

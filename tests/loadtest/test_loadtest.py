@@ -430,6 +430,30 @@ def test_locust_smoke_against_the_empty_app(empty_server, workload, tmp_path):
     assert json.loads((tmp_path / "workload.json").read_text())["synthetic"] is True
 
 
+def test_locust_interleaves_two_models_in_turns_with_their_own_users(empty_server, workload,
+                                                                    tmp_path):
+    from loadtest.traffic import Interleaving
+
+    path = tmp_path / "workload.json"
+    save_workload(workload, path)
+    lt_args = {"workload": path, "rate": 40, "warmup": 0.5, "measure": 2.5, "drain": 3,
+               "out": tmp_path / "requests.csv", "namespace": "il", "model": "plr",
+               "alternate": "sasrec", "slice": 0.5}
+    cmd = procs.locust_cmd(empty_server, tmp_path / "run", 20, lt_args)
+    done = subprocess.run(
+        cmd, cwd=procs.REPO, env=procs.single_thread_env(), capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    rows = read_request_rows(tmp_path / "requests.csv")
+    assert sorted(r["t_sched_s"] for r in rows) == [round(t, 6) for t in arrival_offsets(40, 3)]
+    owner = Interleaving(2, 0.5, seed=0)
+    assert all(r["model"] == ("plr", "sasrec")[owner(r["t_sched_s"])] for r in rows)
+    # each model starts sessions for its own users (namespaces il-plr, il-sasrec)
+    sessions = [r["model"] for r in rows if r["name"] == SESSION]
+    assert sessions.count("plr") >= 1 and sessions.count("sasrec") >= 1
+    assert [r for r in rows if is_error(r)] == []
+
+
 # --- plan -----------------------------------------------------------------------------------------
 
 
@@ -451,33 +475,64 @@ def test_ladder_alternates_models_and_drops_one_after_two_failures_in_a_row():
     ]
 
 
-def test_ladder_runs_two_models_in_halves_abba_and_pools_each_models_halves():
+def test_ladder_interleaves_the_models_while_two_are_on_it_then_runs_the_survivor_alone():
     from loadtest.plan import MODES
     from loadtest.runner import run_ladder
 
     capacity = {"plr": 20, "sasrec": 40}
-    order, merged = [], []
+    order = []
 
-    def run(step, part=False):
-        assert part or step.model == "sasrec"  # alone on the ladder: whole steps again
-        order.append(f"{step.name}")
+    def run(step):
+        assert step.model == "sasrec"  # alone on the ladder: whole steps again
+        order.append(step.name)
         return {"passes_slo": step.rate <= capacity[step.model]}
 
-    def merge(step, parts):
-        assert [p.name for p in parts] == [f"{step.name}-a", f"{step.name}-b"]
-        assert all(p.measure_s == step.measure_s / 2 for p in parts)
-        merged.append(step.name)
-        return {"passes_slo": step.rate <= capacity[step.model]}
+    def interleave(steps):
+        order.append("+".join(s.name for s in steps))
+        return [{"passes_slo": s.rate <= capacity[s.model]} for s in steps]
 
-    run_ladder(run, MODES["short"], ["plr", "sasrec"], "server", (10, 30, 50, 60), merge=merge)
+    run_ladder(run, MODES["short"], ["plr", "sasrec"], "server", (10, 30, 50, 60),
+               interleave=interleave)
     assert order == [
-        "ladder-plr-r10-a", "ladder-sasrec-r10-a", "ladder-sasrec-r10-b", "ladder-plr-r10-b",
-        "ladder-plr-r30-a", "ladder-sasrec-r30-a", "ladder-sasrec-r30-b", "ladder-plr-r30-b",
-        "ladder-plr-r50-a", "ladder-sasrec-r50-a", "ladder-sasrec-r50-b", "ladder-plr-r50-b",
-        "ladder-sasrec-r60",
+        "ladder-plr-r10+ladder-sasrec-r10", "ladder-plr-r30+ladder-sasrec-r30",
+        "ladder-plr-r50+ladder-sasrec-r50", "ladder-sasrec-r60",
     ]
-    assert merged == ["ladder-plr-r10", "ladder-sasrec-r10", "ladder-plr-r30",
-                      "ladder-sasrec-r30", "ladder-plr-r50", "ladder-sasrec-r50"]
+
+
+def test_interleaving_gives_each_stream_one_slice_per_block_in_varying_order():
+    from loadtest.traffic import Interleaving
+
+    owner = Interleaving(2, slice_s=0.5, seed=3)
+    slots = [owner(t / 10) for t in range(0, 400)]  # 40 s in 0.1 s steps
+    per_slice = [slots[i:i + 5] for i in range(0, 400, 5)]
+    assert all(len(set(chunk)) == 1 for chunk in per_slice)  # a slice belongs to one stream
+    turns = [chunk[0] for chunk in per_slice]
+    blocks = [tuple(turns[i:i + 2]) for i in range(0, len(turns), 2)]
+    assert set(blocks) == {(0, 1), (1, 0)}  # both orders occur: no fixed pattern to alias
+    assert turns == [Interleaving(2, 0.5, seed=3)(i * 0.5) for i in range(80)]  # seeded
+    assert turns != [Interleaving(2, 0.5, seed=4)(i * 0.5) for i in range(80)]
+    assert {Interleaving(1)(t) for t in (0.0, 7.5, 99.0)} == {0}
+    with pytest.raises(ValueError, match="slice_s"):
+        Interleaving(2, 0.0)
+
+
+def test_interleaved_step_keeps_each_models_seconds_and_refuses_mismatched_steps():
+    from dataclasses import replace
+
+    from loadtest.plan import MODES, interleaved, ladder_step
+
+    full = MODES["full"]
+    plr, sasrec = ladder_step(full, "plr", 20), ladder_step(full, "sasrec", 20)
+    joint = interleaved([plr, sasrec])
+    assert joint.name == "ladder-plr+sasrec-r20" and joint.alternate == ("sasrec",)
+    assert (joint.model, joint.rate) == ("plr", 20)
+    assert joint.warmup_s == 2 * plr.warmup_s and joint.measure_s == 2 * plr.measure_s
+    with pytest.raises(ValueError, match="one rate"):
+        interleaved([plr, ladder_step(full, "sasrec", 40)])
+    with pytest.raises(ValueError, match="distinct"):
+        interleaved([plr, replace(plr)])
+    with pytest.raises(ValueError):
+        interleaved([plr])
 
 
 def test_low_ladder_rates_measure_longer_so_every_step_has_enough_requests():
@@ -489,37 +544,76 @@ def test_low_ladder_rates_measure_longer_so_every_step_has_enough_requests():
     assert ladder_step(MODES["short"], "plr", 10).measure_s == 6.0  # the smoke stays short
 
 
-def test_merged_step_pools_the_requests_and_windows_of_its_halves(tmp_path):
+def test_interleaved_step_splits_into_one_result_per_model(tmp_path):
     import csv
 
-    from loadtest.plan import MODES, halves, ladder_step
-    from loadtest.runner import merge_parts
+    from loadtest.plan import MODES, interleaved, ladder_step
+    from loadtest.runner import split_interleaved
 
-    step = ladder_step(MODES["short"], "plr", 10)  # warm-up 3 s, 6 s measured
-    parts = halves(step)
-    (tmp_path / "steps").mkdir()
+    steps = [ladder_step(MODES["short"], m, 10) for m in ("plr", "sasrec")]  # 3 s + 6 s each
+    joint = interleaved(steps)  # 6 s warm-up, 12 s measured, models in turns
     (tmp_path / "raw").mkdir()
-    for n, (part, latency) in enumerate(zip(parts, (1.0, 30.0))):
-        with open(tmp_path / "raw" / f"{part.name}_requests.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["phase", "name", "t_sched_s", "latency_ms", "lateness_ms", "status",
-                        "cache"])
-            w.writerow(["warmup", EVENTS, 1.0, 500.0, 0.1, 200, ""])
-            for i in range(30):  # 10/s over the part's 3 s window
-                w.writerow(["measure", RECOMMEND, 3 + i / 10, latency, 0.1, 200, "hit"])
-        (tmp_path / "steps" / f"{part.name}.json").write_text(json.dumps({
-            "wall_s": 7.0, "loadavg_1m": [0.5 + n, 0.6 + n], "passes_slo": n == 0,
-            "locust": {}, "summary": {"by_name": {"steady": {"p50": latency, "p99": latency}}}}))
-    result = merge_parts(step, list(parts), tmp_path, slo_ms=25.0)
-    summary = result["summary"]
-    assert result["step"]["name"] == "ladder-plr-r10" and result["step"]["measure_s"] == 6.0
-    assert summary["achieved_rate"] == 10.0 and summary["completed_rate"] == 10.0
-    assert summary["by_name"]["steady"]["n"] == 60  # warm-up left out of both halves
-    steady = summary["by_name"]["steady"]
-    assert steady["p50"] == 1.0 and steady["p99"] == 30.0
-    assert not result["passes_slo"]  # the slow half's tail is the pooled tail
-    assert result["loadavg_1m"] == [0.5, 1.6] and result["wall_s"] == 14.0
-    assert [p["p99"] for p in result["parts"]] == [1.0, 30.0]
+    with open(tmp_path / "raw" / f"{joint.name}_requests.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["phase", "name", "t_sched_s", "latency_ms", "lateness_ms", "status", "cache",
+                    "model"])
+        w.writerow(["warmup", EVENTS, 1.0, 500.0, 0.1, 200, "", "plr"])
+        for i in range(120):  # 10/s over the 12 s window, 1 s turns
+            t = 6 + i / 10
+            model = ("plr", "sasrec")[int(t) % 2]
+            w.writerow(["measure", RECOMMEND, t, 1.0 if model == "plr" else 30.0, 0.1, 200,
+                        "hit", model])
+    stage = {"metric": "m", "count": 1, "mean": 1, "p50": 1, "p99": 1, "unit": "ms"}
+    joint_result = {
+        "wall_s": 20.0, "loadavg_1m": [0.5, 0.6], "locust": {},
+        "stages": [stage | {"labels": "model=plr,stage=compute"},
+                   stage | {"labels": "model=sasrec,stage=compute"},
+                   stage | {"labels": "model=all,stage=store_read"}],
+        "counters": [{"metric": "c_total", "labels": "model=sasrec,op=events", "delta": 3}],
+    }
+    plr, sasrec = split_interleaved(joint, steps, joint_result, tmp_path, slo_ms=25.0)
+    for result, step, latency in ((plr, steps[0], 1.0), (sasrec, steps[1], 30.0)):
+        summary = result["summary"]
+        assert result["step"]["name"] == step.name and result["step"]["interleaved"] == joint.name
+        # 60 requests in 6 s of its own turns: the offered rate, not half of it
+        assert summary["achieved_rate"] == 10.0 and summary["completed_rate"] == 10.0
+        assert summary["by_name"]["steady"]["n"] == 60  # its measured rows only, no warm-up
+        assert summary["by_name"]["steady"]["p50"] == latency
+        assert result["wall_s"] == 10.0
+    assert plr["passes_slo"] and not sasrec["passes_slo"]
+    assert [s["labels"] for s in plr["stages"]] == ["model=plr,stage=compute",
+                                                    "model=all,stage=store_read"]
+    assert [s["labels"] for s in sasrec["stages"]] == ["model=sasrec,stage=compute",
+                                                       "model=all,stage=store_read"]
+    assert plr["counters"] == [] and sasrec["counters"][0]["delta"] == 3
+
+
+def test_a_failed_interleaved_rate_counts_each_model_measured_alone(tmp_path):
+    from types import SimpleNamespace
+
+    from loadtest.plan import MODES, alone, ladder_step
+    from loadtest.runner import StepRunner
+
+    steps = [ladder_step(MODES["short"], m, 10) for m in ("plr", "sasrec")]
+    (tmp_path / "steps").mkdir()
+
+    def save(name, passes):  # saved results: the runner loads them and runs nothing
+        (tmp_path / "steps" / f"{name}.json").write_text(json.dumps({
+            "step": {"name": name}, "passes_slo": passes, "summary": {
+                "offered_rate": 10, "achieved_rate": 10, "errors": 0, "by_name": {}}}))
+
+    run = StepRunner(None, None, tmp_path, SimpleNamespace(slo_ms=25.0), "t")
+    save(steps[0].name, True)
+    save(steps[1].name, False)  # e.g. behind an overloaded model's backlog
+    for step in steps:
+        save(alone(step).name, True)
+    results = run.interleave(steps)
+    assert [r["step"]["name"] for r in results] == ["ladder-plr-r10-alone",
+                                                    "ladder-sasrec-r10-alone"]
+    assert run.results == results and run.reused == 2
+    save(steps[1].name, True)  # both passed in turns: the interleaved results count
+    run = StepRunner(None, None, tmp_path, SimpleNamespace(slo_ms=25.0), "t")
+    assert [r["step"]["name"] for r in run.interleave(steps)] == [s.name for s in steps]
 
 
 def test_length_steps_start_every_user_in_warmup_and_cap_events_per_user():

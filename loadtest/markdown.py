@@ -174,6 +174,7 @@ def _ladder(results: list[dict], group: str, title: str) -> list[str]:
         "errors",
         "send lateness p99",
         "load avg",
+        "measured",
         "SLO",
     ]
     rows = [
@@ -190,11 +191,20 @@ def _ladder(results: list[dict], group: str, title: str) -> list[str]:
             r["summary"]["errors"],
             _f(r["summary"]["lateness_p99_ms"]),
             _f(max(r.get("loadavg_1m") or [None]), 1),
+            _how(r["step"]),
             "pass" if r["passes_slo"] else "fail",
         ]
         for r in chosen
     ]
     return [f"## {title}", ""] + _table(header, rows) + [""]
+
+
+def _how(step: dict) -> str:
+    """How a ladder step was measured: in turns with the other models, or by itself (the only
+    model left, or again after a model failed the rate in turns: runner.StepRunner.interleave)."""
+    if step.get("interleaved"):
+        return "in turns"
+    return "alone, after a failure in turns" if step["name"].endswith("-alone") else "alone"
 
 
 def _ratios(head: dict, models: list[str]) -> list[str]:

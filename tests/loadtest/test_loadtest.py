@@ -371,9 +371,19 @@ def test_write_report_makes_markdown_csv_and_plots(tmp_path):
         "server_models": {},
         "wall_s": 1.0,
     }
-    path = report.write_report(hand_made_results(), context, tmp_path, slo_ms=25)
+    results = hand_made_results()
+    for r in results[:2]:  # rate 10: both models in turns; rate 20: again one at a time
+        r["step"]["interleaved"] = "ladder-plr+sasrec-r10"
+    for r in results[2:4]:
+        r["step"]["name"] += "-alone"
+    path = report.write_report(results, context, tmp_path, slo_ms=25)
     text = path.read_text()
     assert "| goodput plr / empty floor (10 / 40 req/s) | 0.250 | >= 0.4 | no |" in text
+    ladder = [line for line in text.splitlines()  # rows of the ladder and floor tables
+              if line.startswith(("| 10 | ", "| 20 | ")) and line.endswith(("pass |", "fail |"))]
+    how = [line.split(" | ")[-2] for line in ladder]  # the ladder tables' "measured" column
+    assert how == ["in turns", "in turns", "alone, after a failure in turns",
+                   "alone, after a failure in turns", "alone"]  # the last: the floor at 20
     assert "(SYNTHETIC)" in text
     for name in ("steps.csv", "stages.csv", "latency_vs_rate.png", "cache_on_off.png"):
         assert (tmp_path / "latency" / name).stat().st_size > 0

@@ -108,6 +108,15 @@ def _headline(head: dict, models: list[str], goals: dict, extra: list[list] = ()
     where = "both met the SLO" if head["ratio_rates_pass"] else "both ran (none passed both)"
     gp, ev = head["goodput"], head["events_length"]
     a, b = (models + [None, None])[:2]
+    capped = set(head.get("goodput_capped", []))
+
+    def rate(key) -> str:  # ">=" where the target never failed: a lower bound
+        return (">= " if key in capped else "") + _f(gp.get(key), 0)
+
+    bound = {frozenset(): "", frozenset({a}): " (a lower bound: plr never failed)",
+             frozenset({"empty"}): " (an upper bound: the floor never failed)"}.get(
+        frozenset(capped & {a, "empty"}), " (both never failed: not a measure of capacity)")
+    bound = bound.replace("plr", str(a))
     rows = [
         [
             f"{a}/{b} /recommend p50 ratio, worst rate where {where}",
@@ -117,12 +126,12 @@ def _headline(head: dict, models: list[str], goals: dict, extra: list[list] = ()
         ],
         [f"{a}/{b} /recommend p99 ratio, same rates", _f(worst99, 3), "-", "-"],
         [
-            f"goodput {a} / empty floor ({_f(gp.get(a), 0)} / {_f(gp.get('empty'), 0)} req/s)",
+            f"goodput {a} / empty floor ({rate(a)} / {rate('empty')} req/s)",
             _f(head["goodput_fraction"], 3),
             f">= {goals['goodput_fraction']}",
-            _met(head["goodput_fraction"], goals["goodput_fraction"], True),
+            _met(head["goodput_fraction"], goals["goodput_fraction"], True) + bound,
         ],
-        [f"goodput {b}", _f(gp.get(b), 0, " req/s"), "-", "-"],
+        [f"goodput {b}", rate(b) + (" req/s" if gp.get(b) is not None else ""), "-", "-"],
         [
             f"/events p50 at history {ev['long']} vs {ev['short']}",
             _f(ev["p50_ratio"], 3),

@@ -80,6 +80,17 @@ def goodputs(results: list[dict], models: list[str], slo_ms: float) -> dict:
     return out
 
 
+def goodput_capped(results: list[dict], gp: dict) -> list[str]:
+    """Targets whose goodput is the top rate they ran: they never failed, so the ladder (or the
+    generator) stopped before their capacity and the goodput is only a lower bound."""
+    tops: dict[str, float] = {}
+    for r in results:
+        if r["step"]["group"] in ("ladder", "floor"):
+            key = r["step"]["model"] or "empty"
+            tops[key] = max(tops.get(key, 0.0), r["summary"]["offered_rate"])
+    return sorted(key for key, value in gp.items() if value and value >= tops.get(key, 0.0))
+
+
 def events_by_length(results: list[dict]) -> dict:
     """pool -> mean over repeats of the steady /events p50 (and p99)."""
     out = {}
@@ -135,6 +146,7 @@ def headline(results: list[dict], models: list[str], slo_ms: float) -> dict:
     return worst_ratios(ratios) | {
         "ratios": ratios,
         "goodput": gp,
+        "goodput_capped": goodput_capped(results, gp),
         "goodput_fraction": ratio(gp.get(models[0]), gp.get("empty")),
         "events_length": {
             "short": short,

@@ -23,6 +23,7 @@ from .batcher import ComputeWorker
 from .envelope import ENVELOPE_LEN, KV_MAGIC, STATE_MAGIC, Envelope
 from .metrics import Metrics
 from .near_cache import NearCache, NearEntry
+from .reads_first import ReadsFirst
 from .runtime import ModelRuntime
 from .store import ModelView, StateWrite, Store
 from .write_behind import WriteBehind
@@ -75,12 +76,17 @@ class _Planned:
 
 class ComputePipeline:
     def __init__(self, worker: ComputeWorker, store: Store, writes: WriteBehind, metrics: Metrics,
-                 kv_dtype: str, near: NearCache | None = None):
+                 kv_dtype: str, near: NearCache | None = None, reads: ReadsFirst | None = None):
         self.worker, self.store, self.writes = worker, store, writes
         self.metrics, self.kv_dtype = metrics, kv_dtype
         self.near = near if near is not None else NearCache(0)
+        self.reads = reads  # events-only batches let the reads in flight answer first
 
     async def __call__(self, works: list[Work]) -> list[WorkResult | Exception]:
+        if self.reads is not None and all(w.route == "events" for w in works):
+            waited = await self.reads.settle()
+            if waited:
+                self.metrics.stage("events", "all", "reads_first", waited)
         results, writes, timings = await self.worker.run(self._compute, works)
         for (route, model), seconds in timings.items():
             self.metrics.stage(route, model, "compute", seconds)

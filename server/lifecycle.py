@@ -20,6 +20,7 @@ from .errors import StoreUnavailable
 from .graphs import GraphManager
 from .metrics import Metrics
 from .near_cache import NearCache
+from .reads_first import ReadsFirst
 from .runtime import ModelRuntime, load_runtimes
 from .services import Services
 from .settings import Settings
@@ -87,8 +88,11 @@ class AppState:
         )
         self.writes.ordered = self.store.sends_in_order  # settled once sent (write_behind.py)
         near = NearCache(s.near_cache_mb << 20)
+        # Only where compute blocks the event loop does a read wait behind it (reads_first.py).
+        reads = ReadsFirst(s.reads_first_ms / 1000) if self.worker.inline else ReadsFirst(0)
         self.batcher = MicroBatcher(
-            ComputePipeline(self.worker, self.store, self.writes, self.metrics, s.kv_dtype, near),
+            ComputePipeline(self.worker, self.store, self.writes, self.metrics, s.kv_dtype, near,
+                            reads),
             max_size=s.batch_max_size, max_wait_s=s.batch_max_wait_ms / 1000,
             max_in_flight=s.batch_max_in_flight, max_queue=s.max_queue,
             deadline_s=s.queue_timeout_ms / 1000, on_batch=self._observe_batch,
@@ -97,7 +101,7 @@ class AppState:
         )
         self.batcher.start()
         self.services = Services(s, self.runtimes, self.store, self.batcher, self.writes,
-                                 self.metrics, self.graphs, near)
+                                 self.metrics, self.graphs, near, reads)
         if s.gc_freeze:
             quiet_gc()
         self.metrics.watch_gc()

@@ -2,7 +2,8 @@
 
 Stages (`plr_stage_seconds{route, model, stage}`), per route: `parse` (HTTP parse + validation,
 from the first byte to the handler), `store_read`, `rank` (scoring a stored or computed state),
-`queue_wait` (micro-batcher), `compute` (the engine, per work), `encode` (response bytes), and
+`queue_wait` (micro-batcher), `reads_first` (an events-only batch waiting for the reads in
+flight: server/reads_first.py), `compute` (the engine, per work), `encode` (response bytes), and
 `store_write` (route "write": behind the answers). Plus request latency per route, batch sizes,
 cache outcomes (precomputed|hit|extended|rebuilt|miss|bypass), errors and shed requests by kind.
 """

@@ -42,6 +42,7 @@ from .errors import (
 )
 from .metrics import Metrics
 from .near_cache import NearCache, NearEntry
+from .reads_first import ReadsFirst
 from .runtime import ModelRuntime
 from .schemas import EventsRequest, RecommendRequest, item_strs
 from .settings import Settings
@@ -74,12 +75,13 @@ MAX_LOOKUP_IDS = 100  # GET /items?ids=: one page's worth (the largest `limit`)
 class Services:
     def __init__(self, settings: Settings, runtimes: dict[str, ModelRuntime], store: Store,
                  batcher: MicroBatcher, writes: WriteBehind, metrics: Metrics, graphs=None,
-                 near: NearCache | None = None):
+                 near: NearCache | None = None, reads: ReadsFirst | None = None):
         self.settings, self.runtimes, self.store = settings, runtimes, store
         self.batcher, self.writes, self.metrics = batcher, writes, metrics
         self.graphs = graphs  # GraphManager: each engine's compiled / eager status
         self.near = near if near is not None else NearCache(0)
         self.turns = UserTurns()  # a user's stateful requests one at a time, in arrival order
+        self.reads = reads if reads is not None else ReadsFirst(0)  # event compute waits for them
 
     def runtime(self, name: str | None) -> ModelRuntime:
         name = name or self.settings.default_model
@@ -134,6 +136,30 @@ class Services:
         await self.writes.settled(user)  # this process's own pending write for the user first
         near = self.near.get(user, rt.version)
         hints = [near.envelope if near else b""]
+        async with self.reads.read():  # nothing in here waits for compute (reads_first.py)
+            view = await self._read_view(user, rt, history, hints)
+            fresh = view.models[0].fresh_state if view is not None and view.length else None
+            ranked = self._rank_stored(rt, fresh, spec) if fresh is not None else None
+        if view is None:  # the store is down: answer from the request's own history
+            self.metrics.error("store_read_degraded")
+            return await self._from_history(body, rt, history, spec, disconnected)
+        if view.length == 0:
+            return self._answer(body, rt, 0, "miss", None)
+        if ranked is not None:
+            return self._answer(body, rt, view.length, "precomputed", ranked)
+        if fresh is not None:  # the stored state did not decode
+            view = await self.store.read(user, [rt.version], skip_state=True)
+        result = await self._submit(self._stored_work(rt, spec, user, view, near=near),
+                                    disconnected)
+        if result.need_full:  # a stored base state did not decode: compute from the history
+            view = await self.store.read(user, [rt.version], skip_state=True)
+            result = await self._submit(self._stored_work(rt, spec, user, view), disconnected)
+        return self._answer(body, rt, view.length, result.outcome, result.ranked)
+
+    async def _read_view(self, user: str, rt: ModelRuntime, history: list[str] | None,
+                         hints: list[bytes]) -> UserView | None:
+        """The user's stored view (after storing `history` first, when given); None when the
+        store is down and the request carries a history to answer from instead."""
         started = time.perf_counter()
         try:
             if history is None:
@@ -143,23 +169,9 @@ class Services:
         except StoreUnavailable:
             if history is None:
                 raise
-            self.metrics.error("store_read_degraded")  # answer from the request's own history
-            return await self._from_history(body, rt, history, spec, disconnected)
+            return None
         self.metrics.stage("recommend", rt.name, "store_read", time.perf_counter() - started)
-        if view.length == 0:
-            return self._answer(body, rt, 0, "miss", None)
-        fresh = view.models[0].fresh_state
-        if fresh is not None:
-            ranked = self._rank_stored(rt, fresh, spec)
-            if ranked is not None:
-                return self._answer(body, rt, view.length, "precomputed", ranked)
-            view = await self.store.read(user, [rt.version], skip_state=True)
-        result = await self._submit(self._stored_work(rt, spec, user, view, near=near),
-                                    disconnected)
-        if result.need_full:  # a stored base state did not decode: compute from the history
-            view = await self.store.read(user, [rt.version], skip_state=True)
-            result = await self._submit(self._stored_work(rt, spec, user, view), disconnected)
-        return self._answer(body, rt, view.length, result.outcome, result.ranked)
+        return view
 
     @staticmethod
     def _stored_work(rt: ModelRuntime, spec: RankSpec | None, user: str, view: UserView,

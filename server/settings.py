@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     # hand-off), "thread" (one compute thread: the loop stays free while a GPU or other cores
     # compute), or "auto" (thread on CUDA or with several torch threads, else inline).
     compute: Literal["auto", "inline", "thread"] = "auto"
+    # Reads first (inline compute only): a batch of event compute first waits, at most this
+    # long, for the stored-user reads already in flight, so a /recommend answered from its
+    # precomputed state does not wait behind event compute on the one core. 0 = off.
+    reads_first_ms: float = Field(2.0, ge=0)
     # Overload control: works waiting for the compute thread beyond max_queue are refused (503 +
     # Retry-After); a work still queued after queue_timeout_ms is dropped (503). HTTP requests
     # in flight beyond max_concurrency are refused at once (503), the fast path included.

@@ -333,6 +333,7 @@ def hand_made_results():
         _result("ladder", "sasrec", 20, 5.5, 20),
         _result("floor", None, 20, 1, 3, target="empty"),
         _result("floor", None, 40, 1, 4, target="empty"),
+        _result("floor", None, 80, 9, 30, target="empty"),  # the floor's first failure
         _result("cache", "plr", 20, 4, 8, pool="near_max"),
         _result("cache", "plr", 20, 12, 20, "near_max", "off"),
         _result("length", "plr", 40, 2, 4, pool="len10", events_p50=2.0),
@@ -345,9 +346,26 @@ def test_headline_numbers_from_hand_made_results():
     assert head["ratios"][0]["/recommend_p50_ratio"] == pytest.approx(5.3 / 5.0)
     assert head["goodput"] == {"plr": 10, "sasrec": 20, "empty": 40}
     assert head["goodput_fraction"] == pytest.approx(0.25)
+    assert head["goodput_capped"] == ["sasrec"]  # passed the top rate it ran: a lower bound
     assert head["events_length"]["p50_ratio"] == pytest.approx(1.1)
     assert head["cache"][0]["off_on_p50_ratio"] == pytest.approx(3.0)
     assert head["status_5xx"] == 0 and head["rate_misses"] == []
+
+
+def test_a_goodput_that_never_failed_is_reported_as_a_bound():
+    from loadtest.markdown import _headline
+
+    results = [r for r in hand_made_results() if r["step"]["rate"] != 20 or r["step"]["model"]
+               != "plr"]  # plr passes its top rate (10) too
+    head = report.headline(results, ["plr", "sasrec"], slo_ms=25)
+    assert head["goodput_capped"] == ["plr", "sasrec"]
+    text = "\n".join(_headline(head, ["plr", "sasrec"], report.GOALS))
+    assert "goodput plr / empty floor (>= 10 / 40 req/s) | 0.250 | >= 0.4 | no (a lower bound: " \
+        "plr never failed) |" in text
+    floor_capped = [r for r in hand_made_results() if r["step"]["rate"] != 80]
+    head = report.headline(floor_capped, ["plr", "sasrec"], slo_ms=25)
+    text = "\n".join(_headline(head, ["plr", "sasrec"], report.GOALS))
+    assert "(10 / >= 40 req/s) | 0.250 | >= 0.4 | no (an upper bound: the floor never failed)" in text
 
 
 def test_write_report_makes_markdown_csv_and_plots(tmp_path):
@@ -379,6 +397,7 @@ def test_write_report_makes_markdown_csv_and_plots(tmp_path):
     path = report.write_report(results, context, tmp_path, slo_ms=25)
     text = path.read_text()
     assert "| goodput plr / empty floor (10 / 40 req/s) | 0.250 | >= 0.4 | no |" in text
+    assert "| goodput sasrec | >= 20 req/s | - | - |" in text  # never failed: a lower bound
     ladder = [line for line in text.splitlines()  # rows of the ladder and floor tables
               if line.startswith(("| 10 | ", "| 20 | ")) and line.endswith(("pass |", "fail |"))]
     how = [line.split(" | ")[-2] for line in ladder]  # the ladder tables' "measured" column

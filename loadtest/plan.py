@@ -50,7 +50,7 @@ class Mode:
     min_requests: int = 0
 
 
-# short: ~5 min smoke of every measurement; full: ~55 min (2026-12-01), the published numbers.
+# short: ~5 min smoke of every measurement; full: ~50 min (2026-12-01), the published numbers.
 # The full ladders reach past 1280 req/s: on a faster 2-core VM of the same kind both models
 # still passed 1920 req/s (p99 ~6 ms), and a ladder that stops below capacity measures none.
 MODES = {

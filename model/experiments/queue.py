@@ -8,6 +8,8 @@ not chosen yet waits; a job another worker holds (an flock under runs/locks/) is
 finished run writes its record under docs/results/ (model/experiments/runs.py) and the reports
 are rebuilt from the records; an interrupted run resumes from its last finished epoch
 (runs/state/). Restart the same command on any machine with the committed records: it continues.
+`--park [--commit]` copies the states of runs in flight into the repository (docs/results/parked/,
+model/experiments/parked.py) before a machine goes away; the queue restores them when it starts.
 `--list` prints the queue and each job's state without running anything.
 """
 
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..train import load_data
+from . import parked
 from .recipes import TUNED, TUNING_DATASET, TUNING_SEED, candidates, chosen_candidate, recipe
 from .runs import DATASETS, RESULTS_DIR, RunSpec, execute, read_record, split_facts, write_json
 
@@ -187,14 +190,24 @@ def rebuild_reports() -> list[Path]:
 
 
 def commit(paths: list[Path], message: str) -> None:
-    """Commit exactly these paths (other work in the tree is left alone); failures are logged."""
+    """Commit exactly these paths (other work in the tree is left alone): the files that exist,
+    and the removal of tracked ones that no longer do; failures are logged."""
     existing = [str(p) for p in paths if Path(p).exists()]
-    for cmd in (["git", "add", "--", *existing],
-                ["git", "commit", "-q", "-m", message, "--", *existing]):
+    removed = [str(p) for p in paths if not Path(p).exists() and _tracked(p)]
+    if not existing and not removed:
+        return
+    cmds = [["git", "add", "--", *existing]] if existing else []
+    cmds += [["git", "rm", "-q", "--cached", "--", *removed]] if removed else []
+    for cmd in (*cmds, ["git", "commit", "-q", "-m", message, "--", *existing, *removed]):
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             log(f"{' '.join(cmd[:3])} failed: {done.stderr.strip() or done.stdout.strip()}")
             return
+
+
+def _tracked(path) -> bool:
+    done = subprocess.run(["git", "ls-files", "--", str(path)], capture_output=True, text=True)
+    return done.returncode == 0 and bool(done.stdout.strip())
 
 
 def log(message: str) -> None:
@@ -227,7 +240,7 @@ def work(args) -> None:
             lock.close()
         log(f"done {job.id}: best epoch {record['best_epoch']}, valid ndcg@10 "
             f"{record['valid']['ndcg@10']:.4f}, {record['train_s'] / 60:.1f} min")
-        written = rebuild_reports()
+        written = rebuild_reports() + parked.drop(job.path, RESULTS_DIR, RESULTS_DIR / "parked")
         if args.commit:
             commit([job.path, job.path.parent.parent / "split.json", *written],
                    f"Run record: {job.id} (valid NDCG@10 {record['valid']['ndcg@10']:.4f})")
@@ -299,6 +312,9 @@ def main(argv=None) -> None:
     parser.add_argument("--pids-file", help="append each worker's process group id here")
     parser.add_argument("--log-dir", default="runs", help="worker logs: queue-worker<i>.log")
     parser.add_argument("--list", action="store_true", help="print the jobs and their states")
+    parser.add_argument("--park", action="store_true",
+                        help="copy the states of unfinished runs into docs/results/parked/ "
+                             "(with --commit: commit them) and exit")
     args = parser.parse_args(argv)
     if args.workers < 1 or args.threads < 1:
         parser.error("--workers and --threads must be >= 1")
@@ -306,6 +322,17 @@ def main(argv=None) -> None:
         for row in describe():
             print(f"{row['job']:48s} {row['state']}")
         return
+    if args.park:
+        changed = parked.park()
+        for path in changed:
+            print(("parked " if path.exists() else "removed ") + str(path))
+        if args.commit and changed:
+            commit(changed, f"Parked training states of {sum(p.exists() for p in changed)} "
+                            "unfinished runs (resumed by the queue on the next machine)")
+        return
+    if not args.worker:  # once, before any worker starts
+        for path in parked.unpark():
+            log(f"restored parked state {path}")
     if args.worker or (args.workers == 1 and not args.pids_file):
         work(args)  # in this process, logging to the terminal
         return

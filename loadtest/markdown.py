@@ -113,10 +113,9 @@ def _headline(head: dict, models: list[str], goals: dict, extra: list[list] = ()
     def rate(key) -> str:  # ">=" where the target never failed: a lower bound
         return (">= " if key in capped else "") + _f(gp.get(key), 0)
 
-    bound = {frozenset(): "", frozenset({a}): " (a lower bound: plr never failed)",
+    bound = {frozenset(): "", frozenset({a}): f" (a lower bound: {a} never failed)",
              frozenset({"empty"}): " (an upper bound: the floor never failed)"}.get(
         frozenset(capped & {a, "empty"}), " (both never failed: not a measure of capacity)")
-    bound = bound.replace("plr", str(a))
     rows = [
         [
             f"{a}/{b} /recommend p50 ratio, worst rate where {where}",

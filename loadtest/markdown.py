@@ -118,10 +118,12 @@ def _headline(head: dict, models: list[str], goals: dict, extra: list[list] = ()
         frozenset(capped & {a, "empty"}), " (both never failed: not a measure of capacity)")
     rows = [
         [
-            f"{a}/{b} /recommend p50 ratio, worst rate where {where}",
-            _f(worst, 3),
+            f"{a}/{b} /recommend p50 ratio, worst rate where {where}"
+            + (f" ({head['worst_p50_rate']:g} req/s)" if head.get("worst_p50_rate") else ""),
+            _f(worst, 3) + _ci(head.get("worst_p50_ci")),
             f"<= {goals['p50_ratio']}",
-            _met(worst, goals["p50_ratio"]),
+            _met(worst, goals["p50_ratio"]) + _ci_verdict(head.get("worst_p50_ci"),
+                                                          goals["p50_ratio"]),
         ],
         [f"{a}/{b} /recommend p99 ratio, same rates", _f(worst99, 3), "-", "-"],
         [
@@ -215,19 +217,44 @@ def _how(step: dict) -> str:
     return "alone, after a failure in turns" if step["name"].endswith("-alone") else "alone"
 
 
+def _ci(ci) -> str:
+    return f" (95 % CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
+
+
+def _ci_verdict(ci, goal: float) -> str:
+    """Whether the interval settles the verdict: a ratio whose interval straddles the goal is
+    not a clear pass or miss."""
+    if not ci:
+        return ""
+    if ci[0] > goal:
+        return " (the whole interval is above the goal)"
+    if ci[1] > goal:
+        return " (the interval includes the goal)"
+    return ""
+
+
 def _ratios(head: dict, models: list[str]) -> list[str]:
     if not head["ratios"]:
         return []
-    header = ["rate/s", "/recommend p50", "/recommend p99", "steady p50", "steady p99"]
+    header = ["rate/s", "/recommend p50", "p50 95 % CI", "/recommend p99", "steady p50",
+              "steady p99"]
     rows = [
         [
             f"{r['rate']:g}",
-            *[_f(r[f"{n}_{k}_ratio"], 3) for n in ("/recommend", "steady") for k in ("p50", "p99")],
+            _f(r["/recommend_p50_ratio"], 3),
+            (lambda ci: f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "-")(r.get("/recommend_p50_ci")),
+            _f(r["/recommend_p99_ratio"], 3),
+            *[_f(r[f"steady_{k}_ratio"], 3) for k in ("p50", "p99")],
         ]
         for r in head["ratios"]
     ]
     return (
-        [f"## {models[0]} / {models[1]} latency ratios at the same offered rate", ""]
+        [f"## {models[0]} / {models[1]} latency ratios at the same offered rate", "",
+         "The interval: a 95 % bootstrap interval of the /recommend p50 ratio at rates the "
+         "models ran interleaved, resampling the step's blocks of turns (each block holds one "
+         "turn per model, so what the two shared stays paired) with replacement, 1000 times "
+         "(`loadtest.stats.ratio_ci`). It covers the spread within this run, not the "
+         "difference between two runs or machines; '-': measured apart.", ""]
         + _table(header, rows)
         + [""]
     )

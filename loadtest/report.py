@@ -48,13 +48,16 @@ def model_ratios(results: list[dict], models: list[str]) -> list[dict]:
         for name in ("/recommend", "steady"):
             for key in ("p50", "p99"):
                 row[f"{name}_{key}_ratio"] = ratio(_stat(a, name, key), _stat(b, name, key))
+        # measured in one interleaved step (runner.split_interleaved); None when run apart
+        row["/recommend_p50_ci"] = a.get("ratio_ci", {}).get(models[1], {}).get("/recommend_p50")
         rows.append(row)
     return rows
 
 
 def worst_ratios(rows: list[dict]) -> dict:
     """Largest /recommend p50 and p99 ratios over the rates where both models passed (all rates
-    when none did, flagged by ratio_rates_pass=False)."""
+    when none did, flagged by ratio_rates_pass=False); the worst p50's rate and its 95 %
+    interval (None where the rate was not measured interleaved)."""
     passing = [r for r in rows if r["both_pass"]]
     chosen = passing or rows
 
@@ -62,8 +65,12 @@ def worst_ratios(rows: list[dict]) -> dict:
         values = [r[key] for r in chosen if r[key] is not None]
         return max(values) if values else None
 
+    at = max((r for r in chosen if r["/recommend_p50_ratio"] is not None),
+             key=lambda r: r["/recommend_p50_ratio"], default=None)
     return {
         "worst_p50_ratio": worst("/recommend_p50_ratio"),
+        "worst_p50_rate": at and at["rate"],
+        "worst_p50_ci": at and at.get("/recommend_p50_ci"),
         "worst_p99_ratio": worst("/recommend_p99_ratio"),
         "ratio_rates_pass": bool(passing),
     }

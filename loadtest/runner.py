@@ -17,7 +17,8 @@ from pathlib import Path
 
 from loadtest import plan, procs, prom, report, sequential
 from loadtest.plan import MODES, Step
-from loadtest.stats import parse_locust_stats, passes_slo, read_request_rows, summarize_step
+from loadtest.stats import (interleaved_blocks, parse_locust_stats, passes_slo, ratio_ci,
+                            read_request_rows, summarize_step)
 from loadtest.workload import build_workload, dataset_sequences, default_specs, save_workload
 
 DRAIN_S = 10.0
@@ -308,6 +309,8 @@ def split_interleaved(joint: Step, steps: list[Step], joint_result: dict, run_di
     of the shared window less those labelled with another of the models."""
     rows = read_request_rows(run_dir / "raw" / f"{joint.name}_requests.csv")
     share = 1 / len(steps)
+    names = [step.model for step in steps]
+    blocks = interleaved_blocks(rows, names, "/recommend", joint.slice_s)
     out = []
     for step in steps:
         others = {f"model={s.model}" for s in steps if s.model != step.model}
@@ -326,6 +329,9 @@ def split_interleaved(joint: Step, steps: list[Step], joint_result: dict, run_di
             "locust": joint_result["locust"],  # the whole step's (a cross-check of the totals)
             "stages": mine(joint_result["stages"]),
             "counters": mine(joint_result["counters"]),
+            # this model's /recommend p50 over each other's: 95 % bootstrap interval over turns
+            "ratio_ci": {other: {"/recommend_p50": ratio_ci(blocks, step.model, other)}
+                         for other in names if other != step.model},
         })
     return out
 

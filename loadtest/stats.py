@@ -10,6 +10,8 @@ import csv
 import math
 from pathlib import Path
 
+import numpy as np
+
 QUANTILES = (50, 95, 99, 99.9)
 RATE_TOLERANCE = 0.05
 
@@ -129,6 +131,44 @@ def goodput(steps: list[dict], slo_ms: float) -> float | None:
             break
         best = step["offered_rate"]
     return best
+
+
+def interleaved_blocks(rows: list[dict], models: list[str], name: str, slice_s: float) -> list[dict]:
+    """The measured, successful `name` latencies of an interleaved step, per block of turns: the
+    block of a request is t_sched // (len(models) * slice_s), the unit in which
+    `traffic.Interleaving` gives every model one turn. Only blocks where every model has
+    requests are kept. -> [{model: [latency ms, ...]}, ...] in time order."""
+    width = len(models) * slice_s
+    blocks: dict[int, dict[str, list[float]]] = {}
+    for r in rows:
+        if r["phase"] == "measure" and r["name"] == name and not is_error(r) \
+                and r["model"] in models:
+            block = blocks.setdefault(int(r["t_sched_s"] // width), {m: [] for m in models})
+            block[r["model"]].append(r["latency_ms"])
+    return [blocks[k] for k in sorted(blocks) if all(blocks[k][m] for m in models)]
+
+
+def ratio_ci(blocks: list[dict], a: str, b: str, q: float = 50, level: float = 0.95,
+             resamples: int = 1000, seed: int = 0) -> tuple[float, float] | None:
+    """Bootstrap confidence interval of percentile_q(a) / percentile_q(b) over interleaved blocks
+    (`interleaved_blocks`): whole blocks are resampled with replacement, so the two models'
+    requests that shared a stretch of machine time stay together (their latencies are
+    correlated with the machine's drift and with each other's backlog; resampling single
+    requests would understate the spread). Percentile interval, seeded. None with < 2 blocks."""
+    if len(blocks) < 2:
+        return None
+    rng = np.random.default_rng(np.frombuffer(f"ratio_ci:{seed}".encode(), np.uint8))
+    arrays = {m: [np.asarray(blk[m], dtype=float) for blk in blocks] for m in (a, b)}
+    ratios = np.empty(resamples)
+    for i in range(resamples):
+        drawn = rng.integers(0, len(blocks), len(blocks))
+        # nearest-rank, as `percentile`: numpy's inverted_cdf is that definition
+        top, bottom = (np.percentile(np.concatenate([arrays[m][j] for j in drawn]), q,
+                                     method="inverted_cdf") for m in (a, b))
+        ratios[i] = top / bottom
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(ratios, [tail, 1 - tail], method="inverted_cdf")
+    return float(lo), float(hi)
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:

@@ -37,7 +37,10 @@ class CacheFormatError(ValueError):
 
 
 @functools.lru_cache(maxsize=64)  # a server asks for the same few versions on every write
+@functools.lru_cache(maxsize=64)
 def version_hash(model_version: str) -> bytes:
+    # Cached: every cache and state encode and decode checks it (a sha256 is ~1 us; a server
+    # serves a handful of versions).
     return hashlib.sha256(model_version.encode()).digest()[:16]
 
 
@@ -109,9 +112,18 @@ def _row_crcs(raw: np.ndarray) -> np.ndarray:
     return np.fromiter((zlib.crc32(r[:-4]) for r in raw), dtype="<u4", count=raw.shape[0])
 
 
+_ITEM = struct.Struct("<I")
+
+
 def encode_rows(items: tuple[int, ...], rows: Tensor, dtype: str) -> bytes:
     """Rows (n, W) float + their item indices -> n packed self-contained rows."""
     _check_dtype(dtype)
+    if len(items) == 1 and dtype == "fp32" and rows.dtype is torch.float32 \
+            and rows.device.type == "cpu":
+        # One row (every event's append): the same bytes without building a structured array,
+        # 4 instead of ~15 us (scratch, 2026-12-01).
+        head, payload = _ITEM.pack(items[0]), rows.detach().numpy().tobytes()
+        return head + payload + _ITEM.pack(zlib.crc32(payload, zlib.crc32(head)))
     arr = np.zeros(len(items), dtype=_row_dtype(rows.shape[1], dtype))
     arr["item"] = items
     arr["payload"] = rows.detach().to("cpu", torch.float32).numpy()

@@ -62,8 +62,10 @@ class UserState:
         rows = self.details[names[0]] if names else self.vector.new_zeros(0, d)
         gate = self.details.get("gate", self.vector.new_zeros(0))
         payload = b"".join([
-            _f32(self.vector), _f32(gate), _f32(rows), self.top_scores.astype("<f4").tobytes(),
-            self.seen.astype("<u4", copy=False).tobytes(), self.top_items.astype("<u4").tobytes(),
+            _f32(self.vector), _f32(gate), _f32(rows),
+            self.top_scores.astype("<f4", copy=False).tobytes(),
+            self.seen.astype("<u4", copy=False).tobytes(),
+            self.top_items.astype("<u4", copy=False).tobytes(),
         ])
         head = _HEAD.pack(MAGIC, LAYOUT_VERSION, _KIND_CODES[names[0] if names else None],
                           version_hash(self.model_version), d, rows.shape[0], gate.shape[0],

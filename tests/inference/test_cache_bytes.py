@@ -107,3 +107,18 @@ def test_a_cache_for_another_model_version_is_refused_by_the_engine(engine):
 def test_item_indices_survive_the_round_trip_at_the_top_of_the_catalogue(engine):
     cache = engine.prefill([N_ITEMS, 1, N_ITEMS])
     assert engine.load_cache(cache.to_bytes("fp16")).items == (N_ITEMS, 1, N_ITEMS)
+
+
+def test_one_appended_row_encodes_to_the_same_bytes_as_the_general_path():
+    """The one-row fp32 shortcut (every event's APPEND) writes exactly what the structured-array
+    path writes; float64 input takes the general path (it converts), so both are compared."""
+    from model.inference.cache import encode_rows
+
+    gen = torch.Generator().manual_seed(3)
+    for item in (1, 77, 2**32 - 1):
+        row = torch.randn(1, 80, generator=gen, dtype=torch.float64)
+        fast = encode_rows((item,), row.float(), "fp32")
+        assert fast == encode_rows((item,), row, "fp32")
+        assert fast == encode_rows((item,), row.float()[:, :].t().contiguous().t(), "fp32")
+    wide = torch.randn(3, 80, generator=gen)
+    assert encode_rows((4,), wide[1:2], "fp32") == encode_rows((4,), wide[1:2].double(), "fp32")

@@ -2,6 +2,7 @@
 one real locust run (a few seconds) against the empty app under uvicorn on a free port."""
 
 import json
+import random
 import re
 import subprocess
 
@@ -368,6 +369,25 @@ def test_a_goodput_that_never_failed_is_reported_as_a_bound():
     assert "(10 / >= 40 req/s) | 0.250 | >= 0.4 | no (an upper bound: the floor never failed)" in text
 
 
+def test_the_worst_ratio_carries_its_rate_and_interval_and_says_when_it_straddles_the_goal():
+    from loadtest.markdown import _headline, _ratios
+
+    results = hand_made_results()  # plr/sasrec p50: 1.06 at 10 req/s, 1.09 at 20
+    results[2] = _result("ladder", "plr", 20, 6.0, 12)  # passes here too: the worst rate is 20
+    results[2]["ratio_ci"] = {"sasrec": {"/recommend_p50": [1.05, 1.12]}}
+    head = report.headline(results, ["plr", "sasrec"], slo_ms=25)
+    assert head["worst_p50_rate"] == 20 and head["worst_p50_ci"] == [1.05, 1.12]
+    text = "\n".join(_headline(head, ["plr", "sasrec"], report.GOALS))
+    assert ("worst rate where both met the SLO (20 req/s) | 1.091 (95 % CI "
+            "1.050-1.120) | <= 1.06 | no (the interval includes the goal) |") in text
+    results[2]["ratio_ci"]["sasrec"]["/recommend_p50"] = [1.07, 1.12]
+    head = report.headline(results, ["plr", "sasrec"], slo_ms=25)
+    text = "\n".join(_headline(head, ["plr", "sasrec"], report.GOALS))
+    assert "| no (the whole interval is above the goal) |" in text
+    table = "\n".join(_ratios(head, ["plr", "sasrec"]))
+    assert "| 10 | 1.060 | - |" in table and "| 20 | 1.091 | 1.070-1.120 |" in table
+
+
 def test_write_report_makes_markdown_csv_and_plots(tmp_path):
     context = {
         "date": "d",
@@ -615,6 +635,50 @@ def test_interleaved_step_splits_into_one_result_per_model(tmp_path):
     assert [s["labels"] for s in sasrec["stages"]] == ["model=sasrec,stage=compute",
                                                        "model=all,stage=store_read"]
     assert plr["counters"] == [] and sasrec["counters"][0]["delta"] == 3
+    # every block of turns holds 1.0 ms for plr and 30.0 for sasrec: the interval is that ratio
+    assert plr["ratio_ci"]["sasrec"]["/recommend_p50"] == pytest.approx((1 / 30, 1 / 30))
+    assert sasrec["ratio_ci"]["plr"]["/recommend_p50"] == pytest.approx((30, 30))
+
+
+def _blocks(n_blocks, ratio, drift, seed=0):
+    """SYNTHETIC: n_blocks of turns, 50 latencies per model each; plr = ratio x sasrec plus
+    noise, both scaled by a per-block drift factor the two share (the machine's slow moves)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n_blocks):
+        level = 1 + drift * rng.random()
+        out.append({m: [level * (ratio if m == "plr" else 1.0) * rng.uniform(0.5, 1.5)
+                        for _ in range(50)] for m in ("plr", "sasrec")})
+    return out
+
+
+def test_the_ratio_interval_covers_the_true_ratio_and_keeps_shared_drift_paired():
+    from loadtest.stats import ratio_ci
+
+    lo, hi = ratio_ci(_blocks(30, 1.1, drift=0.0), "plr", "sasrec")
+    assert lo < 1.1 < hi and hi - lo < 0.15
+    # a drift shared by both models' turns in a block moves both p50s: resampling whole blocks
+    # keeps them paired, so the interval stays about as narrow (unpaired, it would not)
+    lo2, hi2 = ratio_ci(_blocks(30, 1.1, drift=2.0), "plr", "sasrec")
+    assert lo2 < 1.1 < hi2 and hi2 - lo2 < 2 * (hi - lo)
+    assert ratio_ci(_blocks(30, 1.1, 0.5), "plr", "sasrec") == \
+        ratio_ci(_blocks(30, 1.1, 0.5), "plr", "sasrec")  # seeded
+    assert ratio_ci(_blocks(1, 1.1, 0.0), "plr", "sasrec") is None
+
+
+def test_interleaved_blocks_group_turns_and_drop_blocks_a_model_missed():
+    from loadtest.stats import interleaved_blocks
+
+    rows = [{"phase": "measure", "name": RECOMMEND, "t_sched_s": t, "latency_ms": lat,
+             "status": status, "model": model}
+            for t, lat, status, model in [(0.2, 1, 200, "plr"), (1.5, 2, 200, "sasrec"),
+                                          (2.1, 3, 200, "sasrec"), (3.9, 4, 200, "plr"),
+                                          (3.95, 9, 503, "plr"), (4.5, 5, 200, "plr")]]
+    rows.append({"phase": "warmup", "name": RECOMMEND, "t_sched_s": 0.1, "latency_ms": 7,
+                 "status": 200, "model": "sasrec"})
+    blocks = interleaved_blocks(rows, ["plr", "sasrec"], RECOMMEND, slice_s=1.0)
+    # blocks of 2 s; the 503 and the warm-up row are left out; block 2 has no sasrec turn
+    assert blocks == [{"plr": [1], "sasrec": [2]}, {"plr": [4], "sasrec": [3]}]
 
 
 def test_a_failed_interleaved_rate_counts_each_model_measured_alone(tmp_path):

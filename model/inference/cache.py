@@ -37,10 +37,7 @@ class CacheFormatError(ValueError):
 
 
 @functools.lru_cache(maxsize=64)  # a server asks for the same few versions on every write
-@functools.lru_cache(maxsize=64)
 def version_hash(model_version: str) -> bytes:
-    # Cached: every cache and state encode and decode checks it (a sha256 is ~1 us; a server
-    # serves a handful of versions).
     return hashlib.sha256(model_version.encode()).digest()[:16]
 
 

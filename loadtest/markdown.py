@@ -217,8 +217,12 @@ def _how(step: dict) -> str:
     return "alone, after a failure in turns" if step["name"].endswith("-alone") else "alone"
 
 
+def _span(ci) -> str:
+    return f"{ci[0]:.3f}-{ci[1]:.3f}"
+
+
 def _ci(ci) -> str:
-    return f" (95 % CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
+    return f" (95 % CI {_span(ci)})" if ci else ""
 
 
 def _ci_verdict(ci, goal: float) -> str:
@@ -242,7 +246,7 @@ def _ratios(head: dict, models: list[str]) -> list[str]:
         [
             f"{r['rate']:g}",
             _f(r["/recommend_p50_ratio"], 3),
-            (lambda ci: f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "-")(r.get("/recommend_p50_ci")),
+            _span(r["/recommend_p50_ci"]) if r.get("/recommend_p50_ci") else "-",
             _f(r["/recommend_p99_ratio"], 3),
             *[_f(r[f"steady_{k}_ratio"], 3) for k in ("p50", "p99")],
         ]

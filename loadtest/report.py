@@ -61,17 +61,15 @@ def worst_ratios(rows: list[dict]) -> dict:
     passing = [r for r in rows if r["both_pass"]]
     chosen = passing or rows
 
-    def worst(key):
-        values = [r[key] for r in chosen if r[key] is not None]
-        return max(values) if values else None
+    def worst(key) -> dict | None:  # the row with the largest value of key
+        return max((r for r in chosen if r[key] is not None), key=lambda r: r[key], default=None)
 
-    at = max((r for r in chosen if r["/recommend_p50_ratio"] is not None),
-             key=lambda r: r["/recommend_p50_ratio"], default=None)
+    p50, p99 = worst("/recommend_p50_ratio"), worst("/recommend_p99_ratio")
     return {
-        "worst_p50_ratio": worst("/recommend_p50_ratio"),
-        "worst_p50_rate": at and at["rate"],
-        "worst_p50_ci": at and at.get("/recommend_p50_ci"),
-        "worst_p99_ratio": worst("/recommend_p99_ratio"),
+        "worst_p50_ratio": p50 and p50["/recommend_p50_ratio"],
+        "worst_p50_rate": p50 and p50["rate"],
+        "worst_p50_ci": p50 and p50.get("/recommend_p50_ci"),
+        "worst_p99_ratio": p99 and p99["/recommend_p99_ratio"],
         "ratio_rates_pass": bool(passing),
     }
 

@@ -1,10 +1,16 @@
-"""Train the default serving checkpoints: SASRec and PLR on MovieLens-100K.
+"""Train the default serving checkpoints: SASRec and PLR on MovieLens-100K, with the validated recipes.
 
 `python -m model.experiments.default_models --out artifacts/models` writes `<out>/sasrec` and
-`<out>/plr` (the directories the server loads by default). Same code as `python -m model.train`;
-the protocol's context (max_len 50); longer histories are served with the window rule of
-plr-method.md s.5. At most --epochs epochs (early stopping usually ends first). An existing
-checkpoint is kept unless --force.
+`<out>/plr` (the directories the server loads by default). Each is its family's recipe
+(model/experiments/recipes.py: chosen on seed-2020 validation of ml-100k with an equal tuning
+budget, docs/tuning.md) trained on seed 2020, i.e. the grid's seed-2020 run again: the seed the
+recipe was chosen on, fixed before any test number was read (choosing the seed by its test
+score would report a lucky draw). Training is deterministic on one thread of one machine, so the
+checkpoint's test metrics reproduce that run's record (docs/results/runs/ml-100k/<name>/
+seed2020.json); both are printed and the record's numbers are kept in the checkpoint's metrics.
+Interrupted training resumes from its per-epoch state (runs/state/serving/<name>.pt). An existing
+checkpoint is kept unless --force. The protocol's context is max_len 50; longer histories are
+served with the window rule of plr-method.md s.5.
 """
 
 from __future__ import annotations
@@ -17,49 +23,66 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import save_checkpoint
-from ..config import ModelConfig
+from .recipes import TUNING_DATASET, TUNING_SEED, recipe
+from .queue import grid_path
+from .runs import STATE_DIR, RunSpec, read_record
 from ..train import TrainConfig, load_data, train
 
-SERVING_MODELS = {  # name -> (model config fields, train config fields)
-    "sasrec": (dict(kind="sasrec"), dict(epochs=40, patience=5)),
-    # RCL weight 0.1, not the paper's 1.0: on ml-100k validation, weight 1.0 slowed learning
-    # several-fold (valid NDCG@10 after 4 epochs: 0.012 vs 0.018 without RCL; 0.026 after 11
-    # epochs) while 0.1 reached 0.059 in 27 epochs.
-    "plr": (dict(kind="plr", n_streams=2, n_steps=2, rcl_weight=0.1), dict(epochs=30, patience=6)),
-}
+SERVING_MODELS = ("sasrec", "plr")
+
+
+def serving_spec(name: str, seed: int = TUNING_SEED) -> RunSpec:
+    """The serving run of `name`: its recipe on ml-100k at `seed`. ValueError before the recipe
+    exists (a family's tuning candidates have not all run)."""
+    found = recipe(name)
+    if found is None:
+        raise ValueError(f"no validated recipe for {name!r} yet: its tuning candidates have not "
+                         "all run (python -m model.experiments.queue)")
+    model_fields, train_fields = found
+    return RunSpec(TUNING_DATASET, model_fields, {**train_fields, "seed": seed},
+                   label=f"serving {name}")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="artifacts/models")
-    parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--max-len", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=2020)
-    parser.add_argument("--epochs", type=int, help="override the per-model epoch cap")
-    parser.add_argument("--patience", type=int, help="override the per-model patience")
-    parser.add_argument("--max-minutes", type=float, default=0.0,
-                        help="wall-clock budget per model (0 = none); the best epoch so far is kept")
+    parser.add_argument("--seed", type=int, default=TUNING_SEED)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (the grid's records were trained on 1)")
     parser.add_argument("--force", action="store_true", help="retrain even if a checkpoint exists")
     parser.add_argument("--models", type=lambda s: s.split(","), default=list(SERVING_MODELS))
     args = parser.parse_args(argv)
-    args.overrides = {k: getattr(args, k) for k in ("epochs", "patience") if getattr(args, k)}
-    dataset, split = load_data(args.dataset)
-    for name in args.models:
-        fields, train_fields = SERVING_MODELS[name]
+    torch.set_num_threads(args.threads)
+    specs = {name: serving_spec(name, args.seed) for name in args.models}  # fail before training
+    dataset, split = load_data(TUNING_DATASET)
+    for name, spec in specs.items():
         out = Path(args.out) / name
         if (out / "version.txt").exists() and not args.force:
             print(f"{out}: exists, kept (use --force to retrain)")
             continue
-        print(f"training the default {name} checkpoint on {args.dataset} -> {out}")
-        model_cfg = ModelConfig(**fields, n_items=len(dataset.vocab), max_len=args.max_len)
-        train_cfg = TrainConfig(seed=args.seed, max_minutes=args.max_minutes,
-                                **{**train_fields, **args.overrides})
-        model, metrics = train(model_cfg, train_cfg, dataset, split)
-        provenance = {"dataset": args.dataset, "k_core": 0, "dedupe": "keep_all",
-                      "torch": torch.__version__, "script": "model.experiments.default_models"}
+        print(f"training the default {name} checkpoint ({spec.model}, {spec.train}) -> {out}")
+        model_cfg, train_cfg = spec.configs(dataset.n_items)
+        train_cfg = TrainConfig(**{**asdict(train_cfg), "num_threads": args.threads,
+                                   "progress": False})
+        state = STATE_DIR / "serving" / f"{name}-seed{args.seed}.pt"
+        model, metrics = train(model_cfg, train_cfg, dataset, split, state_path=state)
+        try:
+            grid = read_record(grid_path(TUNING_DATASET, name, args.seed), spec)
+        except ValueError as exc:  # the grid ran another recipe (records changed since)
+            print(f"not compared with the grid's run: {exc}")
+            grid = None
+        if grid is not None:
+            metrics["grid_record"] = {"path": str(grid_path(TUNING_DATASET, name, args.seed)),
+                                      "test": grid["test"], "best_epoch": grid["best_epoch"]}
+        provenance = {"dataset": TUNING_DATASET, "k_core": spec.k_core, "dedupe": "keep_all",
+                      "torch": torch.__version__, "script": "model.experiments.default_models",
+                      "recipe": {"model": spec.model, "train": spec.train}}
         version = save_checkpoint(out, model, dataset.vocab, dataset.titles, dataset.popularity,
                                   {**asdict(train_cfg), **provenance}, metrics)
-        print(json.dumps({"model": name, "version": version, "test": metrics["test"]}, indent=2))
+        state.unlink(missing_ok=True)
+        print(json.dumps({"model": name, "version": version, "best_epoch": metrics["best_epoch"],
+                          "test": metrics["test"],
+                          "grid_record_test": grid["test"] if grid else None}, indent=2))
 
 
 if __name__ == "__main__":

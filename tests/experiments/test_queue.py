@@ -137,3 +137,22 @@ def test_tuning_report_shows_validation_numbers_only_and_counts_candidates(resul
     assert "| rearec-prl | 1 of 13 | not yet |" in text and "| plr | 0 of 13 | not yet |" in text
     assert "| r1-base | (none) | 0.0712 |" in text and "0.0999" not in text
     assert "| r2-T3 | round 1's winner + n_steps=3 |" in text
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/autogroup"),
+                    reason="Linux autogroups only")
+def test_a_worker_in_its_own_session_nices_its_autogroup_and_a_process_in_another_does_not():
+    # Autogroups share the CPU before nice counts: a worker's nice must reach its autogroup.
+    import subprocess
+    import sys
+
+    code = ("from model.experiments.queue import lower_priority; lower_priority(7); "
+            "print(open('/proc/self/autogroup').read().split()[-1])")
+    leader = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            start_new_session=True, check=True)
+    assert leader.stdout.strip() == "7"
+    with open("/proc/self/autogroup") as f:
+        ours = f.read().split()[-1]
+    member = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert member.stdout.strip() == ours  # the caller's session is left as it was

@@ -779,3 +779,36 @@ def test_quiet_sh_pauses_background_groups_and_restores_them_and_their_affinity(
     finally:
         background.send_signal(signal.SIGKILL)
         background.wait()
+
+
+def test_quiet_sh_killed_mid_benchmark_still_resumes_the_background_and_its_affinity(tmp_path):
+    import os
+    import signal
+    import time
+
+    script = procs.REPO / "loadtest" / "quiet.sh"
+    cpus = sorted(os.sched_getaffinity(0))
+    background = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        os.sched_setaffinity(background.pid, {cpus[0]})
+        pids = tmp_path / "queue.pids"
+        pids.write_text(f"{os.getpgid(background.pid)}\n")
+        started = tmp_path / "started"
+        quiet = subprocess.Popen(
+            [str(script), "bash", "-c", f"touch {started}; sleep 30"],
+            env={**os.environ, "QUIET_PIDS_FILE": str(pids), "QUIET_LOCK": str(tmp_path / "lock")},
+            stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while not started.exists():
+            assert time.monotonic() < deadline, "the benchmark command never started"
+            time.sleep(0.05)
+        with open(f"/proc/{background.pid}/stat") as f:
+            assert f.read().rsplit(")", 1)[1].split()[0] == "T"  # paused meanwhile
+        quiet.send_signal(signal.SIGTERM)  # e.g. `timeout`, or a session that ends
+        assert quiet.wait(timeout=20) == 143  # at once: not after the command's 30 s
+        with open(f"/proc/{background.pid}/stat") as f:
+            assert f.read().rsplit(")", 1)[1].split()[0] in ("S", "R")  # running again
+        assert os.sched_getaffinity(background.pid) == {cpus[0]}  # its own pinning is back
+    finally:
+        background.send_signal(signal.SIGKILL)
+        background.wait()

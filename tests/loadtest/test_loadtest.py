@@ -5,6 +5,7 @@ import json
 import random
 import re
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -812,3 +813,18 @@ def test_quiet_sh_killed_mid_benchmark_still_resumes_the_background_and_its_affi
     finally:
         background.send_signal(signal.SIGKILL)
         background.wait()
+
+
+def test_the_runner_leaves_through_its_cleanup_on_sigterm(tmp_path):
+    # A stopped run must stop its server, Redis and floor app (its `finally`), not orphan them.
+    marker = tmp_path / "cleaned"
+    code = ("import os, signal, time\n"
+            "from loadtest.runner import stop_on_term\n"
+            "stop_on_term()\n"
+            "try:\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    time.sleep(30)\n"
+            f"finally:\n    open({str(marker)!r}, 'w').close()\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=procs.REPO, timeout=60)
+    assert done.returncode == 143
+    assert marker.exists()

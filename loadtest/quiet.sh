@@ -41,11 +41,11 @@ if [ "$last_cpu" -gt 0 ]; then
 fi
 echo "[quiet.sh] paused: ${pids:-none}; loadavg $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 # In the background and waited for, so that a signal to this script is handled at once (bash
-# runs traps only between commands): the command is stopped with the same signal, then the
-# EXIT trap restores.
+# runs traps only between commands): the command is stopped (SIGTERM: a background command of a
+# script ignores SIGINT, and its stdin is /dev/null), then the EXIT trap restores.
 "$@" &
 child=$!
-trap 'kill -INT "$child" 2>/dev/null; wait "$child"; exit 130' INT
+trap 'kill -TERM "$child" 2>/dev/null; wait "$child"; exit 130' INT
 trap 'kill -TERM "$child" 2>/dev/null; wait "$child"; exit 143' TERM HUP
 wait "$child"; rc=$?
 trap - INT TERM HUP

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -419,6 +420,13 @@ def run_plan(run: StepRunner, mode, models: list[str], groups: set[str]) -> None
         run_ladder(run, mode, [None], "empty", mode.floor)
 
 
+def stop_on_term() -> None:
+    """SIGTERM (quiet.sh passing on its own, `timeout`, a session that ends) exits through the
+    `finally` below, so the server, its Redis and the floor app stop with the run instead of
+    outliving it on the benchmark's CPUs."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv=None):
     args = parse_args(argv)
     mode = MODES[args.mode]
@@ -430,6 +438,7 @@ def main(argv=None):
     workload = json.loads(workload_path.read_text())
     run_id = time.strftime("%H%M%S")
     servers = Servers(args, run_dir, models)
+    stop_on_term()
     started = time.monotonic()
     groups = set(args.groups.split(","))
     seq = None

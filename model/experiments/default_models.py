@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import save_checkpoint
-from .recipes import TUNING_DATASET, TUNING_SEED, recipe
-from .queue import grid_path
-from .runs import STATE_DIR, RunSpec, read_record
 from ..train import TrainConfig, load_data, train
+from .queue import grid_path
+from .recipes import TUNING_DATASET, TUNING_SEED, recipe
+from .runs import STATE_DIR, RunSpec, read_record
 
 SERVING_MODELS = ("sasrec", "plr")
 
@@ -66,14 +66,15 @@ def main(argv=None) -> None:
                                    "progress": False})
         state = STATE_DIR / "serving" / f"{name}-seed{args.seed}.pt"
         model, metrics = train(model_cfg, train_cfg, dataset, split, state_path=state)
+        record = grid_path(TUNING_DATASET, name, args.seed)
         try:
-            grid = read_record(grid_path(TUNING_DATASET, name, args.seed), spec)
+            grid = read_record(record, spec)
         except ValueError as exc:  # the grid ran another recipe (records changed since)
             print(f"not compared with the grid's run: {exc}")
             grid = None
         if grid is not None:
-            metrics["grid_record"] = {"path": str(grid_path(TUNING_DATASET, name, args.seed)),
-                                      "test": grid["test"], "best_epoch": grid["best_epoch"]}
+            metrics["grid_record"] = {"path": str(record), "test": grid["test"],
+                                      "best_epoch": grid["best_epoch"]}
         provenance = {"dataset": TUNING_DATASET, "k_core": spec.k_core, "dedupe": "keep_all",
                       "torch": torch.__version__, "script": "model.experiments.default_models",
                       "recipe": {"model": spec.model, "train": spec.train}}

@@ -5,6 +5,7 @@ import json
 import random
 import re
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -751,64 +752,82 @@ def test_cpu_probe_report_states_the_spread_of_its_series():
     assert "Per second, in order (ms): 30 60 31 29" in text
 
 
-def test_quiet_sh_pauses_background_groups_and_restores_them_and_their_affinity(tmp_path):
+QUIET_SH = procs.REPO / "loadtest" / "quiet.sh"
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.fixture
+def background(tmp_path):
+    """A process in its own group, pinned to the first CPU and listed in a pids file, as the
+    training queue's workers are: (process, the env quiet.sh needs, this test's CPUs)."""
     import os
     import signal
 
-    script = procs.REPO / "loadtest" / "quiet.sh"
     cpus = sorted(os.sched_getaffinity(0))
-    background = subprocess.Popen(["sleep", "60"], start_new_session=True)  # its own group
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
-        os.sched_setaffinity(background.pid, {cpus[0]})
+        os.sched_setaffinity(proc.pid, {cpus[0]})
         pids = tmp_path / "queue.pids"
-        pids.write_text(f"{os.getpgid(background.pid)}\n")
-        probe = (f"cut -d' ' -f3 /proc/{background.pid}/stat; "
-                 f"taskset -c -p {background.pid} | awk '{{print $NF}}'")
-        run = subprocess.run(
-            [str(script), "bash", "-c", probe + "; exit 3"], capture_output=True, text=True,
-            env={**os.environ, "QUIET_PIDS_FILE": str(pids),
-                 "QUIET_LOCK": str(tmp_path / "lock")}, timeout=60)
-        state_during, cpus_during = run.stdout.split()
-        assert run.returncode == 3  # the command's own exit status
-        assert state_during == "T"  # stopped while the command ran
-        if len(cpus) > 1:
-            assert cpus_during == str(cpus[-1])  # moved off the benchmark's CPUs
-        with open(f"/proc/{background.pid}/stat") as f:
-            assert f.read().rsplit(")", 1)[1].split()[0] in ("S", "R")  # running again
-        assert os.sched_getaffinity(background.pid) == {cpus[0]}  # its own pinning is back
+        pids.write_text(f"{os.getpgid(proc.pid)}\n")
+        env = {**os.environ, "QUIET_PIDS_FILE": str(pids), "QUIET_LOCK": str(tmp_path / "lock")}
+        yield proc, env, cpus
     finally:
-        background.send_signal(signal.SIGKILL)
-        background.wait()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
 
 
-def test_quiet_sh_killed_mid_benchmark_still_resumes_the_background_and_its_affinity(tmp_path):
+def test_quiet_sh_pauses_background_groups_and_restores_them_and_their_affinity(background):
+    import os
+
+    proc, env, cpus = background
+    probe = (f"cut -d' ' -f3 /proc/{proc.pid}/stat; "
+             f"taskset -c -p {proc.pid} | awk '{{print $NF}}'")
+    run = subprocess.run([str(QUIET_SH), "bash", "-c", probe + "; exit 3"], capture_output=True,
+                         text=True, env=env, timeout=60)
+    state_during, cpus_during = run.stdout.split()
+    assert run.returncode == 3  # the command's own exit status
+    assert state_during == "T"  # stopped while the command ran
+    if len(cpus) > 1:
+        assert cpus_during == str(cpus[-1])  # moved off the benchmark's CPUs
+    assert _state(proc.pid) in ("S", "R")  # running again
+    assert os.sched_getaffinity(proc.pid) == {cpus[0]}  # its own pinning is back
+
+
+def test_quiet_sh_killed_mid_benchmark_still_resumes_the_background_and_its_affinity(
+        background, tmp_path):
     import os
     import signal
     import time
 
-    script = procs.REPO / "loadtest" / "quiet.sh"
-    cpus = sorted(os.sched_getaffinity(0))
-    background = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    try:
-        os.sched_setaffinity(background.pid, {cpus[0]})
-        pids = tmp_path / "queue.pids"
-        pids.write_text(f"{os.getpgid(background.pid)}\n")
-        started = tmp_path / "started"
-        quiet = subprocess.Popen(
-            [str(script), "bash", "-c", f"touch {started}; sleep 30"],
-            env={**os.environ, "QUIET_PIDS_FILE": str(pids), "QUIET_LOCK": str(tmp_path / "lock")},
-            stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 30
-        while not started.exists():
-            assert time.monotonic() < deadline, "the benchmark command never started"
-            time.sleep(0.05)
-        with open(f"/proc/{background.pid}/stat") as f:
-            assert f.read().rsplit(")", 1)[1].split()[0] == "T"  # paused meanwhile
-        quiet.send_signal(signal.SIGTERM)  # e.g. `timeout`, or a session that ends
-        assert quiet.wait(timeout=20) == 143  # at once: not after the command's 30 s
-        with open(f"/proc/{background.pid}/stat") as f:
-            assert f.read().rsplit(")", 1)[1].split()[0] in ("S", "R")  # running again
-        assert os.sched_getaffinity(background.pid) == {cpus[0]}  # its own pinning is back
-    finally:
-        background.send_signal(signal.SIGKILL)
-        background.wait()
+    proc, env, cpus = background
+    started = tmp_path / "started"
+    quiet = subprocess.Popen([str(QUIET_SH), "bash", "-c", f"touch {started}; sleep 30"],
+                             env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not started.exists():
+        assert time.monotonic() < deadline, "the benchmark command never started"
+        time.sleep(0.05)
+    assert _state(proc.pid) == "T"  # paused meanwhile
+    quiet.send_signal(signal.SIGTERM)  # e.g. `timeout`, or a session that ends
+    assert quiet.wait(timeout=20) == 143  # at once: not after the command's 30 s
+    assert _state(proc.pid) in ("S", "R")  # running again
+    assert os.sched_getaffinity(proc.pid) == {cpus[0]}  # its own pinning is back
+
+
+def test_the_runner_leaves_through_its_cleanup_on_sigterm(tmp_path):
+    # A stopped run must stop its server, Redis and floor app (its `finally`), not orphan them.
+    marker = tmp_path / "cleaned"
+    code = ("import os, signal, time\n"
+            "from loadtest.runner import stop_on_term\n"
+            "stop_on_term()\n"
+            "try:\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    time.sleep(30)\n"
+            f"finally:\n    open({str(marker)!r}, 'w').close()\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=procs.REPO, timeout=60)
+    assert done.returncode == 143
+    assert marker.exists()

@@ -289,16 +289,34 @@ def supervise(args) -> None:
 
 
 def _pids(path: str | None, add: int | None = None, remove: int | None = None) -> None:
+    """Add or remove one process group in the pids file (shared with other jobs: locked), and
+    drop the groups that no longer exist: a supervisor that died without cleaning up (a machine
+    that went away, a kill -9) leaves its numbers behind, and once the kernel reuses one, a
+    benchmark pausing "the background jobs" (loadtest/quiet.sh) would stop a stranger."""
     if not path:
         return
     with open(path, "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         handle.seek(0)
-        lines = [x for x in handle.read().splitlines() if x.strip() and x.strip() != str(remove)]
+        lines = [x.strip() for x in handle.read().splitlines()]
+        lines = [x for x in lines if x and x != str(remove) and _group_exists(x)]
         lines += [str(add)] if add is not None else []
         handle.seek(0)
         handle.truncate()
         handle.write("".join(f"{x}\n" for x in lines))
+
+
+def _group_exists(line: str) -> bool:
+    """Whether a pids-file line names a live process group (lines that are not numbers stay)."""
+    if not line.isdigit():
+        return True
+    try:
+        os.killpg(int(line), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live group
+        return True
+    return True
 
 
 def describe() -> list[dict]:

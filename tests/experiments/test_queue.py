@@ -98,12 +98,25 @@ def test_queue_order_waits_for_recipes_and_reuses_the_chosen_candidate(results_d
 
 
 def test_pids_file_gets_one_line_per_worker_and_loses_it_when_the_worker_ends(tmp_path):
-    path = tmp_path / "train.pids"
-    path.write_text("111\n")  # another engineer's job
-    queue._pids(str(path), add=222)
-    queue._pids(str(path), add=333)
-    queue._pids(str(path), remove=222)
-    assert path.read_text() == "111\n333\n"
+    import subprocess
+
+    def group():  # a live process group of its own, as each queue worker is
+        return subprocess.Popen(["sleep", "60"], start_new_session=True)
+
+    other, first, second = group(), group(), group()
+    gone = subprocess.Popen(["true"], start_new_session=True)
+    gone.wait()  # a group that no longer exists: a supervisor killed without cleanup left it
+    try:
+        path = tmp_path / "train.pids"
+        path.write_text(f"{other.pid}\n{gone.pid}\n")  # another engineer's job, a stale line
+        queue._pids(str(path), add=first.pid)
+        queue._pids(str(path), add=second.pid)
+        queue._pids(str(path), remove=first.pid)
+        assert path.read_text() == f"{other.pid}\n{second.pid}\n"
+    finally:
+        for proc in (other, first, second):
+            proc.kill()
+            proc.wait()
 
 
 def test_a_failing_job_is_logged_and_skipped_and_the_worker_goes_on(results_dir, monkeypatch,

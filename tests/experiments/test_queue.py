@@ -74,11 +74,14 @@ def test_queue_order_waits_for_recipes_and_reuses_the_chosen_candidate(results_d
     assert states["ml-100k/plr/seed2021"] == "waiting for a recipe"
     assert ids.index("tuning/plr/r1-base") < ids.index("tuning/rearec-erl/r1-base")
     assert ids.index("ml-100k/plr/seed2022") < ids.index("instacart/sasrec/seed2020")
-    # every dataset's first SASRec and PLR seeds come before the ReaRec baselines' tuning
+    # every dataset's SASRec and PLR seeds come before the ReaRec baselines' tuning, seed 2020
+    # on every dataset first
     for other in ("ml-latest-small", "instacart"):
         for model in ("sasrec", "plr"):
-            assert (ids.index(f"{other}/{model}/seed2020")
-                    < ids.index("tuning/rearec-erl/r1-base"))
+            for seed in (2020, 2021, 2022):
+                assert (ids.index(f"{other}/{model}/seed{seed}")
+                        < ids.index("tuning/rearec-erl/r1-base"))
+            assert ids.index(f"{other}/{model}/seed2020") < ids.index("instacart/plr/seed2021")
     assert ids.index("tuning/rearec-erl/r1-base") < ids.index("instacart/rearec-erl/seed2020")
     assert len(ids) == len(set(ids))  # each job listed once
     job, lock, pending = queue.next_job()

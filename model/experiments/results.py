@@ -157,16 +157,31 @@ def recipe_lines() -> list[str]:
     return lines
 
 
-def verdict(rows: list[dict]) -> list[str]:
+def verdict(rows: list[dict], n_seeds: int = len(SEEDS)) -> list[str]:
+    """One plain sentence on PLR against SASRec: ahead on both metrics, behind on both, or mixed
+    (never "beats" when one of the two is behind), with the paired p and how many seeds it rests
+    on (fewer than the report's `n_seeds` for either model: said to be a first look)."""
     plr = next((r for r in rows if r["model"] == "plr"), None)
+    sasrec = next((r for r in rows if r["model"] == "sasrec"), None)
     if not plr or "rel_ndcg@10" not in plr:
         return []
-    beats = plr["rel_ndcg@10"] > 0 and plr["rel_recall@10"] > 0
+    ndcg, recall = plr["rel_ndcg@10"], plr["rel_recall@10"]
+    if ndcg > 0 and recall > 0:
+        head = "PLR beats SASRec here on test NDCG@10 and Recall@10"
+    elif ndcg <= 0 and recall <= 0:
+        head = "PLR does NOT beat SASRec here: it is level or behind on test NDCG@10 and Recall@10"
+    else:
+        ahead, behind = ("NDCG@10", "Recall@10") if ndcg > 0 else ("Recall@10", "NDCG@10")
+        head = (f"PLR does NOT beat SASRec here on both metrics: ahead on test {ahead}, level "
+                f"or behind on {behind}")
     significant = plr["p_vs_sasrec"] < 0.05
-    return [f"PLR {'beats' if beats else 'does NOT beat'} SASRec here on test NDCG@10 and "
-            f"Recall@10 ({100 * plr['rel_ndcg@10']:+.1f} %, {100 * plr['rel_recall@10']:+.1f} %; "
-            f"paired p {plr['p_vs_sasrec']:.3g}, {'' if significant else 'not '}significant at "
-            f"0.05; goal +10 %, p < 0.05; {len(plr['seeds'])} PLR seeds).", ""]
+    seeds = min(len(plr["seeds"]), len(sasrec["seeds"]) if sasrec else 0)
+    thin = (f"; {len(plr['seeds'])} PLR and {len(sasrec['seeds']) if sasrec else 0} SASRec "
+            f"seed(s): a first look until both have {n_seeds}") if seeds < n_seeds else (
+            f"; {len(plr['seeds'])} PLR seeds")
+    return [f"{head} ({100 * ndcg:+.1f} %, {100 * recall:+.1f} %; paired p "
+            f"{plr['p_vs_sasrec']:.3g}, {'' if significant else 'not '}significant at 0.05; "
+            f"goal +10 %, p < 0.05{thin}).", ""]
 
 
 def bucket_lines(name: str, helps: dict | None) -> list[str]:
@@ -243,7 +258,7 @@ def render(summary: dict, seeds, records_dir: Path = RESULTS_DIR / "runs") -> st
         if not data["rows"]:
             lines += ["No run yet.", ""]
             continue
-        lines += [HEADER, *map(fmt_row, data["rows"]), "", *verdict(data["rows"])]
+        lines += [HEADER, *map(fmt_row, data["rows"]), "", *verdict(data["rows"], len(seeds))]
         lines += bucket_lines(name, data["buckets"])
     missing = [f"{d}/{m}" for d, data in summary.items() for m in data["missing"]]
     if missing:

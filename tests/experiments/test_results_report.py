@@ -56,7 +56,8 @@ def test_report_says_plainly_when_plr_does_not_beat_sasrec_and_where(tmp_path):
     out = tmp_path / "results.md"
     build_report(out, tmp_path / "runs", seeds=(2020, 2021))
     text = out.read_text()
-    assert "PLR does NOT beat SASRec" in text
+    assert "PLR does NOT beat SASRec here: it is level or behind" in text
+    assert "1 PLR and 1 SASRec seed(s): a first look until both have 2" in text
     assert "Not finished" in text and "ml-100k/sasrec" in text  # 1 of 2 seeds only
     summary = json.loads(out.with_suffix(".json").read_text())
     by_length = summary["ml-100k"]["buckets"]["history_len"]["rows"]
@@ -64,6 +65,24 @@ def test_report_says_plainly_when_plr_does_not_beat_sasrec_and_where(tmp_path):
     assert by_length[0]["plr_vs_sasrec"] == 0.0 and by_length[-1]["plr_vs_sasrec"] < 0
     assert (tmp_path / "results" / "plots" / "grid.png").exists()
     assert (tmp_path / "results" / "plots" / "buckets-ml-100k.png").exists()
+
+
+def test_verdict_never_says_beats_when_one_metric_is_behind():
+    from model.experiments.results import verdict
+
+    def rows(ndcg, recall, seeds=(1, 2, 3)):
+        return [{"model": "sasrec", "seeds": list(seeds)},
+                {"model": "plr", "seeds": list(seeds), "rel_ndcg@10": ndcg,
+                 "rel_recall@10": recall, "p_vs_sasrec": 0.2}]
+
+    assert verdict(rows(0.05, 0.03))[0].startswith("PLR beats SASRec here on test NDCG@10 and")
+    mixed = verdict(rows(0.05, -0.01))[0]
+    assert "does NOT beat SASRec here on both metrics: ahead on test NDCG@10, level or behind " \
+           "on Recall@10 (+5.0 %, -1.0 %" in mixed
+    assert "ahead on test Recall@10, level or behind on NDCG@10" in verdict(rows(-0.02, 0.01))[0]
+    assert "3 PLR seeds)." in mixed and "first look" not in mixed
+    assert "1 PLR and 1 SASRec seed(s): a first look until both have 3" in verdict(
+        rows(0.1, 0.1, seeds=(1,)), 3)[0]
 
 
 def test_records_from_different_splits_are_refused(tmp_path):

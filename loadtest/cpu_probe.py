@@ -11,7 +11,9 @@ core, training paused): a wide spread means single-step pass/fail near capacity 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
 import platform
 import time
 from datetime import datetime, timezone
@@ -29,6 +31,18 @@ def work_unit_ms() -> float:
     for i in range(UNIT):
         acc += i * i
     return (time.perf_counter() - start) * 1e3
+
+
+def speed_stamp(n: int = 15) -> dict:
+    """The work unit `n` times back to back on the caller's CPU: {"n", "median_ms", "min_ms",
+    "max_ms"}. A load-test report carries one from before and one from after its run, so two
+    reports can be compared knowing how fast the machine was (this VM has read ~13 ms in its
+    fast phases and ~19-22 ms in its slow ones)."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    times = [work_unit_ms() for _ in range(n)]
+    return {"n": n, "median_ms": round(statistics.median(times), 2),
+            "min_ms": round(min(times), 2), "max_ms": round(max(times), 2)}
 
 
 def probe(seconds: int) -> list[float]:
@@ -70,7 +84,13 @@ def main(argv=None) -> None:
     p.add_argument("--seconds", type=int, default=90)
     p.add_argument("--cpu", type=int, default=0)
     p.add_argument("--out", type=Path, default=REPO / "docs" / "latency" / "cpu_probe.md")
+    p.add_argument("--stamp", type=int, default=0, metavar="N",
+                   help="print speed_stamp(N) as JSON instead (no report written)")
     args = p.parse_args(argv)
+    if args.stamp:
+        os.sched_setaffinity(0, {args.cpu})
+        print(json.dumps(speed_stamp(args.stamp)))
+        return
     if args.seconds < 2:
         raise SystemExit("--seconds must be at least 2")
     os.sched_setaffinity(0, {args.cpu})

@@ -50,6 +50,20 @@ def _machine_load(results: list[dict], cores: int) -> str:
     return f"- Machine load (1-min load average around each step): up to {worst:.1f}, {verdict}."
 
 
+def _machine_speed(speed: dict | None) -> str:
+    """Setup line: how fast the server's core was before and after the run (loadtest.cpu_probe's
+    work unit), so that reports from different runs can be compared knowing the machine's pace."""
+    stamps = [(when, (speed or {}).get(when)) for when in ("before", "after")]
+    shown = [f"{s['median_ms']:.1f} ms {when} the run (min {s['min_ms']:.1f}, max "
+             f"{s['max_ms']:.1f}, {s['n']} units)" for when, s in stamps if s]
+    if not shown:
+        return "- Machine speed: not recorded."
+    return ("- Machine speed (`loadtest.cpu_probe`'s pure-Python work unit, back to back on the "
+            "server's CPU, median; lower is faster): " + "; ".join(shown) + ". This VM has read "
+            "~13 ms in fast phases and ~19-22 ms in slow ones (docs/latency/cpu_probe.md): "
+            "compare runs at the same pace.")
+
+
 def _model_versions(server_models: dict) -> str:
     served = server_models.get("models") or []
     if not served:
@@ -75,6 +89,7 @@ def _setup(ctx: dict, slo_ms: float, results: list[dict]) -> list[str]:
         f"BLAS/OpenMP 1), the empty floor app on the same CPU, locust on CPU {ctx['locust_cpus']}: "
         "the serving stack gets one core.",
         _machine_load(results, ctx["cores"]),
+        _machine_speed(ctx.get("machine_speed")),
         f"- Versions: {versions}.",
         f"- Models: {', '.join(ctx['models'])} from `{ctx.get('models_dir', 'artifacts/models')}`"
         f"; max_len {ctx['max_len']}.",

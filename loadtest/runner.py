@@ -23,6 +23,7 @@ from loadtest.stats import (interleaved_blocks, parse_locust_stats, passes_slo, 
 from loadtest.workload import build_workload, dataset_sequences, default_specs, save_workload
 
 DRAIN_S = 10.0
+SPEED_UNITS = 15  # work units per machine speed stamp (~0.2-0.3 s)
 
 
 def parse_args(argv=None):
@@ -373,6 +374,21 @@ def run_ladder(run, mode, models: list[str], target: str, rates, interleave=None
             return
 
 
+def machine_speed(args) -> dict | None:
+    """`loadtest.cpu_probe`'s speed stamp on the server's first CPU (None if it fails: a report
+    says "not recorded" rather than the run dying for a diagnostic)."""
+    cpus = _cpus(args.server_cpus)
+    cmd = [sys.executable, "-m", "loadtest.cpu_probe", "--stamp", str(SPEED_UNITS),
+           "--cpu", str(cpus[0] if cpus else 0)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=procs.REPO,
+                          env=procs.single_thread_env(), check=False)
+    try:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        print(f"machine speed stamp failed: {done.stderr[-500:]}", file=sys.stderr)
+        return None
+
+
 def build_graphs(args, models_dir: Path) -> None:
     """Compiled graphs of the served models, built now (minutes, once per model version)."""
     cmd = [sys.executable, "-m", "model.inference.compiled", "--models-dir", str(models_dir),
@@ -444,6 +460,7 @@ def main(argv=None):
     seq = None
     try:
         build_graphs(args, servers.models_dir)
+        speed = {"before": machine_speed(args)}
         servers.start()
         server_models = servers.models()
         if "sequential" in groups:
@@ -452,6 +469,7 @@ def main(argv=None):
         run_plan(run, mode, models, groups)
     finally:
         servers.stop()
+    speed["after"] = machine_speed(args)
     context = report.run_context(
         args,
         mode,
@@ -466,6 +484,7 @@ def main(argv=None):
     context["steps"] = {"run": len(run.results) - run.reused, "reused": run.reused,
                         "steps_wall_s": round(sum(r.get("wall_s", 0) for r in run.results), 1)}
     context["sequential"] = seq
+    context["machine_speed"] = speed
     out = report.write_report(run.results, context, args.docs, args.slo_ms)
     print(f"wrote {out}")
 

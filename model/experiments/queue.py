@@ -1,9 +1,10 @@
 """The resumable experiment queue: tuning candidates, the grid, width x depth and ablations.
 
 `python -m model.experiments.queue --workers 2` runs every job that has no record yet, most
-informative first (SASRec on ml-100k; PLR's tuning round, then PLR's ml-100k seeds; the ReaRec
-rounds and seeds; width x depth and the ablations on ml-100k; the other datasets seed by seed),
-in worker processes (one torch thread each, each its own process group). A job whose recipe is
+informative first (SASRec on ml-100k; PLR's tuning round, then PLR's ml-100k seeds; SASRec and
+PLR on the other datasets; the ReaRec rounds and seeds; width x depth and the ablations on
+ml-100k; the other datasets' ReaRec runs), in worker processes (one torch thread each, each its
+own process group; each job trains in a child process of its worker). A job whose recipe is
 not chosen yet waits; a job another worker holds (an flock under runs/locks/) is skipped. Each
 finished run writes its record under docs/results/ (model/experiments/runs.py) and the reports
 are rebuilt from the records; an interrupted run resumes from its last finished epoch
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -182,6 +184,46 @@ def run_job(job: Job, cache: DataCache, threads: int, device: str = "cpu") -> di
     return execute(spec, cache.get(spec.dataset), job.path, run_threads=threads, device=device)
 
 
+def run_isolated(job: Job, threads: int, device: str = "cpu") -> dict:
+    """`run_job` in a forked child process; returns the record the child wrote at `job.path`.
+    RuntimeError (with the child's traceback) when the job failed or its process was killed.
+
+    Why a child: training keeps its freed memory for reuse (`model.train.keep_freed_memory`), so
+    a worker that trained job after job in one process kept every job's peak working set, and
+    datasets of different shapes fragmented it further, until the kernel's OOM killer ended the
+    worker (2026-12-01: two workers at ~13 GB each on a 23 GB machine, one killed). A child gives
+    all of it back when it exits. It stays in the worker's process group, so pausing the group
+    (loadtest/quiet.sh) pauses the training too, and it inherits the worker's niceness."""
+    context = multiprocessing.get_context("fork")  # the job (closures) goes over as it is
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_run_child, args=(job, threads, device, send))
+    child.start()
+    send.close()
+    try:
+        failure = receive.recv()  # "" when the job finished
+    except EOFError:  # the child died without a word: killed (out of memory, a signal)
+        failure = None
+    child.join()
+    receive.close()
+    if failure or child.exitcode != 0:
+        raise RuntimeError(f"job {job.id} failed in its process (exit code {child.exitcode})"
+                           + (f":\n{failure}" if failure else ": killed, e.g. out of memory"))
+    return json.loads(job.path.read_text())
+
+
+def _run_child(job: Job, threads: int, device: str, send) -> None:
+    failure = ""
+    try:
+        run_job(job, DataCache(), threads, device)
+    except BaseException:  # noqa: BLE001 - reported to the worker, which logs and skips the job
+        failure = traceback.format_exc()
+    send.send(failure)
+    send.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1 if failure else 0)  # no atexit handlers of the worker (or of a test runner)
+
+
 def rebuild_reports() -> list[Path]:
     """Rebuild every report from the records; returns the paths written. A failing report is
     logged with its traceback and skipped: the training queue must not stop for a report."""
@@ -241,7 +283,7 @@ def lower_priority(nice: int) -> None:
 def work(args) -> None:
     if args.nice:
         lower_priority(args.nice)
-    cache, failed = DataCache(), set()
+    failed = set()
     while True:
         job, lock, pending = next_job(frozenset(failed))
         if job is None:
@@ -253,7 +295,7 @@ def work(args) -> None:
             continue
         log(f"start {job.id} -> {job.path}")
         try:
-            record = run_job(job, cache, args.threads, getattr(args, "device", "cpu"))
+            record = run_isolated(job, args.threads, getattr(args, "device", "cpu"))
         except Exception:  # noqa: BLE001 (logged in full; this worker skips the job from now on)
             log(f"FAILED {job.id} (skipped by this worker; its saved state is kept):\n"
                 f"{traceback.format_exc()}")

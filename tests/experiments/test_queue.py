@@ -1,5 +1,7 @@
 """Tuning rounds, the selection rule and the queue's order, on hand-made records (no training)."""
 
+import json
+
 import pytest
 
 from model.experiments import queue, recipes
@@ -125,15 +127,17 @@ def test_pids_file_gets_one_line_per_worker_and_loses_it_when_the_worker_ends(tm
 def test_a_failing_job_is_logged_and_skipped_and_the_worker_goes_on(results_dir, monkeypatch,
                                                                       capsys):
     import argparse
+    import os
+    import signal
 
-    ran = []
-
-    def fake_run(job, cache, threads, device="cpu"):
-        ran.append(job.id)
+    def fake_run(job, cache, threads, device="cpu"):  # runs in the job's own process
         if job.id.endswith("seed2020"):
             raise RuntimeError("boom")
-        write_json(job.path, {"best_epoch": 1, "valid": {"ndcg@10": 0.05}, "train_s": 1.0})
-        return {"best_epoch": 1, "valid": {"ndcg@10": 0.05}, "train_s": 1.0}
+        if job.id.endswith("seed2022"):
+            os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would
+        record = {"best_epoch": 1, "valid": {"ndcg@10": 0.05}, "train_s": 1.0, "pid": os.getpid()}
+        write_json(job.path, record)
+        return record
 
     monkeypatch.setattr(queue, "run_job", fake_run)
     monkeypatch.setattr(queue, "rebuild_reports", lambda: [])
@@ -141,10 +145,16 @@ def test_a_failing_job_is_logged_and_skipped_and_the_worker_goes_on(results_dir,
     monkeypatch.setattr(queue, "all_jobs",
                         lambda: [queue.grid_job("ml-100k", "sasrec", s) for s in queue.SEEDS])
     queue.work(argparse.Namespace(nice=0, threads=1, poll=0.0, commit=False))
-    assert ran == ["ml-100k/sasrec/seed2020", "ml-100k/sasrec/seed2021", "ml-100k/sasrec/seed2022"]
+    done = json.loads(queue.grid_job("ml-100k", "sasrec", 2021).path.read_text())
+    # trained in a process of its own, which gave its memory back when it ended
+    assert done["pid"] != os.getpid()
+    assert not queue.grid_job("ml-100k", "sasrec", 2022).path.exists()
     out = capsys.readouterr().out
     assert "FAILED ml-100k/sasrec/seed2020" in out and "RuntimeError: boom" in out
-    assert "except failed ones ['ml-100k/sasrec/seed2020']" in out
+    assert "done ml-100k/sasrec/seed2021" in out
+    assert "FAILED ml-100k/sasrec/seed2022" in out and "killed, e.g. out of memory" in out
+    assert ("except failed ones ['ml-100k/sasrec/seed2020', 'ml-100k/sasrec/seed2022']"
+            in out)
 
 
 def test_tuning_report_shows_validation_numbers_only_and_counts_candidates(results_dir):

@@ -425,6 +425,7 @@ def test_write_report_makes_markdown_csv_and_plots(tmp_path):
     assert how == ["in turns", "in turns", "alone, after a failure in turns",
                    "alone, after a failure in turns", "alone"]  # the last: the floor at 20
     assert "(SYNTHETIC)" in text
+    assert "- Machine speed: not recorded." in text  # a context without stamps
     for name in ("steps.csv", "stages.csv", "latency_vs_rate.png", "cache_on_off.png"):
         assert (tmp_path / "latency" / name).stat().st_size > 0
 
@@ -750,6 +751,27 @@ def test_cpu_probe_report_states_the_spread_of_its_series():
                   load_after=(0.4, 0.5, 0.6))
     assert "| 29.0 | 31.0 | 60.0 | 60.0 | 2.07 |" in text
     assert "Per second, in order (ms): 30 60 31 29" in text
+
+
+def test_machine_speed_stamps_are_measured_on_the_server_cpu_and_shown_in_the_setup():
+    import argparse
+
+    from loadtest.cpu_probe import speed_stamp
+    from loadtest.markdown import _machine_speed
+    from loadtest.runner import SPEED_UNITS, machine_speed
+
+    stamp = speed_stamp(3)
+    assert stamp["n"] == 3 and 0 < stamp["min_ms"] <= stamp["median_ms"] <= stamp["max_ms"]
+    with pytest.raises(ValueError, match="at least 1"):
+        speed_stamp(0)
+    # the runner's stamp: a pinned subprocess (`python -m loadtest.cpu_probe --stamp N`)
+    measured = machine_speed(argparse.Namespace(server_cpus="0"))
+    assert measured["n"] == SPEED_UNITS and measured["median_ms"] > 0
+    line = _machine_speed({"before": {"n": 15, "median_ms": 13.04, "min_ms": 12.5,
+                                      "max_ms": 20.0}, "after": None})
+    assert "13.0 ms before the run (min 12.5, max 20.0, 15 units)" in line
+    assert "after the run" not in line
+    assert _machine_speed(None) == "- Machine speed: not recorded."
 
 
 QUIET_SH = procs.REPO / "loadtest" / "quiet.sh"

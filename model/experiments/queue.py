@@ -184,7 +184,31 @@ def run_job(job: Job, cache: DataCache, threads: int, device: str = "cpu") -> di
     return execute(spec, cache.get(spec.dataset), job.path, run_threads=threads, device=device)
 
 
-def run_isolated(job: Job, threads: int, device: str = "cpu") -> dict:
+# A job's process may use this share of the machine's memory (RLIMIT_DATA): over it, an
+# allocation fails inside that process (a MemoryError or torch's "can't allocate memory") instead
+# of the kernel's OOM killer picking a process; the worker then restarts the job, which resumes
+# at its last finished epoch, exactly. Two workers' jobs fit side by side.
+JOB_MEMORY_SHARE = 0.45
+MEMORY_RETRIES = 20  # restarts of one job after running out of memory, per worker
+
+
+def job_memory_limit() -> int | None:
+    """Bytes of data segment one job's process may hold (None where it cannot be read)."""
+    try:
+        return int(JOB_MEMORY_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError):
+        return None
+
+
+def out_of_memory(failure: Exception) -> bool:
+    """Whether a job failed for memory (its process killed, or an allocation refused)."""
+    text = str(failure)
+    return ("killed, e.g. out of memory" in text or "MemoryError" in text
+            or "can't allocate memory" in text.lower() or "cannot allocate memory" in text.lower())
+
+
+def run_isolated(job: Job, threads: int, device: str = "cpu",
+                 memory_limit: int | None = None) -> dict:
     """`run_job` in a forked child process; returns the record the child wrote at `job.path`.
     RuntimeError (with the child's traceback) when the job failed or its process was killed.
 
@@ -196,7 +220,7 @@ def run_isolated(job: Job, threads: int, device: str = "cpu") -> dict:
     (loadtest/quiet.sh) pauses the training too, and it inherits the worker's niceness."""
     context = multiprocessing.get_context("fork")  # the job (closures) goes over as it is
     receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_run_child, args=(job, threads, device, send))
+    child = context.Process(target=_run_child, args=(job, threads, device, send, memory_limit))
     child.start()
     send.close()
     try:
@@ -211,9 +235,13 @@ def run_isolated(job: Job, threads: int, device: str = "cpu") -> dict:
     return json.loads(job.path.read_text())
 
 
-def _run_child(job: Job, threads: int, device: str, send) -> None:
+def _run_child(job: Job, threads: int, device: str, send, memory_limit: int | None) -> None:
     failure = ""
     try:
+        if memory_limit is not None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_DATA, (memory_limit, memory_limit))
         run_job(job, DataCache(), threads, device)
     except BaseException:  # noqa: BLE001 - reported to the worker, which logs and skips the job
         failure = traceback.format_exc()
@@ -295,7 +323,7 @@ def work(args) -> None:
             continue
         log(f"start {job.id} -> {job.path}")
         try:
-            record = run_isolated(job, args.threads, getattr(args, "device", "cpu"))
+            record = _run_with_restarts(job, args)
         except Exception:  # noqa: BLE001 (logged in full; this worker skips the job from now on)
             log(f"FAILED {job.id} (skipped by this worker; its saved state is kept):\n"
                 f"{traceback.format_exc()}")
@@ -309,6 +337,20 @@ def work(args) -> None:
         if args.commit:
             commit([job.path, job.path.parent.parent / "split.json", *written],
                    f"Run record: {job.id} (valid NDCG@10 {record['valid']['ndcg@10']:.4f})")
+
+
+def _run_with_restarts(job: Job, args) -> dict:
+    """run_isolated, restarted (from the job's last finished epoch) when it ran out of memory."""
+    limit = job_memory_limit()
+    for attempt in range(MEMORY_RETRIES + 1):
+        try:
+            return run_isolated(job, args.threads, getattr(args, "device", "cpu"), limit)
+        except RuntimeError as exc:
+            if attempt == MEMORY_RETRIES or not out_of_memory(exc):
+                raise
+            log(f"{job.id} ran out of memory (limit {limit / 1024**3:.1f} GB); restarting it from "
+                f"its last finished epoch ({attempt + 1} of {MEMORY_RETRIES})")
+    raise AssertionError("unreachable")
 
 
 # -- the supervisor --------------------------------------------------------------------------------

@@ -199,9 +199,8 @@ def keep_freed_memory() -> bool:
     and no trimming, memory stays at the peak working set. Returns False where glibc's mallopt
     is unavailable.
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+    libc = _glibc()
+    if libc is None:
         return False
     m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4  # glibc's mallopt parameters
     return all(libc.mallopt(param, value) == 1 for param, value in (
@@ -210,18 +209,25 @@ def keep_freed_memory() -> bool:
 
 def release_freed_memory() -> bool:
     """Hand the pages of freed heap memory back to the kernel (glibc malloc_trim), keeping the
-    allocator's layout; False where glibc is unavailable.
+    allocator's layout and every number; False where glibc is unavailable.
 
-    Why, once per epoch: with `keep_freed_memory` nothing is ever returned, and the training
-    steps' large blocks differ in size from batch to batch (the kept prefixes vary) and between
-    training and validation, so holes accumulate: a PLR run on ml-latest-small grew by ~170 MB an
-    epoch, to ~13 GB, until the OOM killer ended it (2026-12-01). The cost is the next step
-    faulting its working set in once: a fraction of one step per epoch."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+    Why, once per epoch: with `keep_freed_memory` nothing is ever returned, and a PLR run on
+    ml-latest-small grew to ~13 GB resident until the OOM killer ended it (2026-12-01). After
+    each trim that run's resident memory fell to ~0.3-1 GB; its per-epoch peak still crept up
+    (not diagnosed), which the experiment queue's per-job memory cap and restart handle
+    (model/experiments/queue.py). The cost: the next step faults its working set in once."""
+    libc = _glibc()
+    if libc is None:
         return False
-    return bool(libc.malloc_trim(0) in (0, 1))
+    libc.malloc_trim(0)
+    return True
+
+
+def _glibc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: malloc is left as it is
+        return None
 
 
 def _setup(model_cfg: ModelConfig, tc: TrainConfig, dataset):

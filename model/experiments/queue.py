@@ -348,8 +348,9 @@ def _run_with_restarts(job: Job, args) -> dict:
         except RuntimeError as exc:
             if attempt == MEMORY_RETRIES or not out_of_memory(exc):
                 raise
-            log(f"{job.id} ran out of memory (limit {limit / 1024**3:.1f} GB); restarting it from "
-                f"its last finished epoch ({attempt + 1} of {MEMORY_RETRIES})")
+            cap = f"limit {limit / 1024**3:.1f} GB" if limit is not None else "no limit"
+            log(f"{job.id} ran out of memory ({cap}); restarting it from its last finished "
+                f"epoch ({attempt + 1} of {MEMORY_RETRIES})")
     raise AssertionError("unreachable")
 
 

@@ -55,6 +55,18 @@ def test_library_training_learns_the_synthetic_pattern():
     assert metrics["time_to_best_s"] <= metrics["train_s"]
 
 
+def test_training_hands_freed_memory_back_after_every_epoch(monkeypatch):
+    import model.train as training
+
+    calls = []
+    monkeypatch.setattr(training, "release_freed_memory", lambda: calls.append(1) or True)
+    dataset = build_dataset(synthetic_log())
+    cfg = ModelConfig(kind="sasrec", d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=10)
+    tc = TrainConfig(epochs=3, patience=3, batch_size=16, progress=False, num_threads=1)
+    _, metrics = train(cfg, tc, dataset, leave_one_out(dataset))
+    assert len(calls) == metrics["epochs_run"] == 3
+
+
 def test_cli_writes_a_checkpoint_that_loads(tmp_path, synthetic_csv):
     metrics = main(["--dataset", synthetic_csv, "--model", "sasrec", "--out",
                     str(tmp_path / "run"), *TINY])

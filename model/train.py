@@ -213,9 +213,11 @@ def release_freed_memory() -> bool:
 
     Why, once per epoch: with `keep_freed_memory` nothing is ever returned, and a PLR run on
     ml-latest-small grew to ~13 GB resident until the OOM killer ended it (2026-12-01). After
-    each trim that run's resident memory fell to ~0.3-1 GB; its per-epoch peak still crept up
-    (not diagnosed), which the experiment queue's per-job memory cap and restart handle
-    (model/experiments/queue.py). The cost: the next step faults its working set in once."""
+    each trim that run's resident memory fell to ~0.3-1 GB between epochs. Its per-epoch peak
+    still creeps up (~100-240 MB an epoch, with glibc's default settings too; no Python object or
+    live tensor grows, so it is native memory, not understood yet); the experiment queue's
+    per-job memory cap and restart bound it (model/experiments/queue.py). The cost: the next
+    step faults its working set in once."""
     libc = _glibc()
     if libc is None:
         return False

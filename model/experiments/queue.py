@@ -21,6 +21,7 @@ import fcntl
 import json
 import multiprocessing
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -159,7 +160,8 @@ def _copy_source(job: Job) -> Path | None:
 
 
 class DataCache:
-    """One dataset in memory at a time (the queue is ordered dataset by dataset)."""
+    """A job's dataset, loaded once, with the split's facts written beside the records the first
+    time (each job now runs in its own process, so a cache lives for one job)."""
 
     def __init__(self):
         self.name, self.data = None, None
@@ -239,8 +241,6 @@ def _run_child(job: Job, threads: int, device: str, send, memory_limit: int | No
     failure = ""
     try:
         if memory_limit is not None:
-            import resource
-
             resource.setrlimit(resource.RLIMIT_DATA, (memory_limit, memory_limit))
         run_job(job, DataCache(), threads, device)
     except BaseException:  # noqa: BLE001 - reported to the worker, which logs and skips the job

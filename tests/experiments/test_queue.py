@@ -124,13 +124,12 @@ def test_pids_file_gets_one_line_per_worker_and_loses_it_when_the_worker_ends(tm
             proc.wait()
 
 
-def test_a_failing_job_is_logged_and_skipped_and_the_worker_goes_on(results_dir, monkeypatch,
-                                                                      capsys):
+def test_a_failing_job_is_skipped_and_a_job_killed_for_memory_restarted(results_dir,
+                                                                         monkeypatch, capsys):
     import argparse
     import os
-    import signal
-
     import resource
+    import signal
 
     def fake_run(job, cache, threads, device="cpu"):  # runs in the job's own process
         if job.id.endswith("seed2020"):

@@ -16,11 +16,11 @@ hundreds of MB), and their sizes vary from batch to batch (how many prefixes car
 glibc's malloc either hands such blocks back to the kernel and faults them in again every step,
 or, kept (`model.train.keep_freed_memory`), fragments: a PLR run on ml-latest-small held ~130 MB
 in use between epochs but a heap of 3.9 GB after its first epoch and 4.7 GB after its sixth, its
-free list 2,700 then 10,300 chunks long (mallinfo2, 2026-12-02), until the queue's workers ran
-out of memory. jemalloc's size classes reuse freed extents of nearby sizes: the same run under
-`JEMALLOC_CONF` stayed at 3.05-3.09 GB resident over six epochs, took 0.05 M page faults an epoch
-instead of 1.3-1.5 M, and used ~28.5 instead of ~35.5 s of CPU an epoch (same losses and
-validation numbers; scratch measure on this 2-core VM, both runs side by side).
+free list 2,700 then 10,300 chunks long (mallinfo2, scratch, 2026-12-02), until the queue's
+workers ran out of memory. jemalloc's size classes reuse freed extents of nearby sizes: in
+docs/training-memory.md (`python -m model.experiments.malloc_bench`) the same run stays flat at
+~2.9 GB on jemalloc, where glibc's peak creeps up epoch after epoch, with 0.87x the CPU an epoch
+and the same weights bit for bit.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -58,6 +59,48 @@ for name, tensor in sorted(model.state_dict().items()):
     digest.update(name.encode() + tensor.detach().contiguous().numpy().tobytes())
 print(json.dumps({"weights_sha256": digest.hexdigest(), "jemalloc": jemalloc_active(),
                   "valid_history": [h["valid"] for h in metrics["history"]]}), flush=True)
+"""
+
+# Runs in a subprocess: one event's engine work as the server does it (compiled graphs, one
+# thread): a user with a 40-item cache gets one more item (`Engine.advance`: cache extended,
+# state computed), and the append graph alone; the best of 5 repetitions of 1000 calls each, so
+# a short disturbance of the machine does not count.
+SERVING_WORKER = r"""
+import json, sys, time, torch
+from pathlib import Path
+from model.allocator import jemalloc_active
+from model.checkpoint import load
+from model.inference import Advance, Engine
+from model.inference.compiled import load_graphs
+torch.set_num_threads(1)
+models_dir, compiled_dir, names = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+
+
+def best_us(fn, calls=1000, reps=5):
+    for _ in range(200):
+        fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - start) / calls * 1e6)
+    return min(times)
+
+
+out = {"jemalloc": jemalloc_active()}
+with torch.inference_mode():
+    for name in names:
+        checkpoint = load(Path(models_dir) / name)
+        engine = Engine(checkpoint.model, checkpoint.version)
+        graphs = load_graphs(checkpoint.model, checkpoint.version, Path(compiled_dir))
+        engine.attach_graphs(graphs)
+        ((cache, state),) = engine.advance([Advance(list(range(1, 41)))])
+        step = Advance([41], cache, state.seen)
+        seen = torch.arange(1, 41)
+        out[name] = {"advance_us": best_us(lambda: engine.advance([step])),
+                     "graph_us": best_us(lambda: graphs.run_append1(cache.rows, 41, seen))}
+print(json.dumps(out))
 """
 
 RUN = {"dataset": "ml-latest-small", "k_core": 5,
@@ -161,12 +204,122 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
+def serving_env(allocator: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
+    env = {**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
+    return with_jemalloc(env, conf=None) if allocator == "jemalloc" else {**env, "PLR_JEMALLOC": ""}
+
+
+def time_serving(args, cpu: int | None) -> list[dict]:
+    """`args.rounds` rounds, each one fresh process per allocator in ABBA order (so neither
+    always runs first), one at a time on `cpu`; one row per process."""
+    rows = []
+    for r in range(args.rounds):
+        for allocator in (ALLOCATORS if r % 2 == 0 else ALLOCATORS[::-1]):
+            pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
+            done = subprocess.run([sys.executable, "-c", SERVING_WORKER, str(args.models_dir),
+                                   str(args.compiled_dir), ",".join(args.models)],
+                                  capture_output=True, text=True, env=serving_env(allocator),
+                                  preexec_fn=pin, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"serving timing on {allocator} failed:\n{done.stderr[-3000:]}")
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            if row.pop("jemalloc") != (allocator == "jemalloc"):
+                raise RuntimeError(f"a {allocator} process did not get that malloc")
+            rows.append({"round": r + 1, "malloc": allocator, **row})
+    return rows
+
+
+def summarize_serving(rows: list[dict], models: list[str]) -> dict:
+    """Median over processes of each timing, per model and allocator; jemalloc / system."""
+    out = {}
+    for model in models:
+        for measure in ("advance_us", "graph_us"):
+            med = {a: statistics.median(r[model][measure] for r in rows if r["malloc"] == a)
+                   for a in ALLOCATORS}
+            out[f"{model}/{measure}"] = {**med, "ratio": med["jemalloc"] / med["system"]}
+    return out
+
+
+def render_serving(report: dict) -> str:
+    s, hw = report["summary"], report["hardware"]
+    lines = [
+        "# Serving compute: the system malloc against jemalloc", "",
+        f"Written by `{report['command']}` on {report['date']}. Hardware: {hw['cpu']}, "
+        f"{hw['cores']} cores, torch {hw['torch']}, Python {hw['python']}; one process at a time "
+        "pinned to one CPU, one torch thread. Load average before / after: "
+        f"{' '.join(f'{x:.2f}' for x in report['loadavg_before'])} / "
+        f"{' '.join(f'{x:.2f}' for x in report['loadavg_after'])}.", "",
+        "One event's engine work as the server does it, on the default checkpoints "
+        f"({', '.join(f'{m} {v}' for m, v in report['versions'].items())}) and their compiled "
+        "graphs: a user whose cache holds 40 items gets one more (`Engine.advance`: the cache "
+        "extended and the precomputed state made, the compiled append graph inside), and the "
+        "append graph alone. Each process: the best of 5 repetitions of 1000 calls, in "
+        f"microseconds per call; {report['rounds']} rounds, each a fresh process per malloc in "
+        f"ABBA order. *jemalloc*: `{report['jemalloc']}` preloaded (its default settings, as "
+        "`python -m server` starts it); *system*: glibc's malloc.", "",
+        "| model | measure | system (median) | jemalloc (median) | jemalloc / system |",
+        "|---|---|---|---|---|",
+    ]
+    for key, v in s.items():
+        model, measure = key.split("/")
+        label = {"advance_us": "Engine.advance, one event", "graph_us": "append graph"}[measure]
+        lines.append(f"| {model} | {label} | {v['system']:.1f} | {v['jemalloc']:.1f} | "
+                     f"**{v['ratio']:.2f}** |")
+    lines += ["", "Every process:", "", "| round | malloc | "
+              + " | ".join(f"{m} advance | {m} graph" for m in report["models"]) + " |",
+              "|---|---|" + "---|---|" * len(report["models"])]
+    for r in report["rows"]:
+        lines.append(f"| {r['round']} | {r['malloc']} | " + " | ".join(
+            f"{r[m]['advance_us']:.1f} | {r[m]['graph_us']:.1f}" for m in report["models"]) + " |")
+    lines += ["", "Why it matters and what it does not show: see model/allocator.py. This is the "
+              "engine's share of a request on an otherwise idle core; the HTTP-level effect is in "
+              "the load test (docs/latency.md names the malloc its server ran on).", ""]
+    return "\n".join(lines)
+
+
+def main_serving(args, argv) -> dict:
+    library = find_jemalloc()
+    if library is None:
+        raise ValueError("no jemalloc on this machine (apt-get install libjemalloc2, or "
+                         "PLR_JEMALLOC=/path/to/libjemalloc.so)")
+    from ..checkpoint import load
+
+    versions = {m: load(Path(args.models_dir) / m).version for m in args.models}
+    loadavg_before = list(os.getloadavg())
+    rows = time_serving(args, sorted(os.sched_getaffinity(0))[0])
+    report = {
+        "command": "python -m model.experiments.malloc_bench "
+                   + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "hardware": hardware(), "rounds": args.rounds, "models": args.models,
+        "versions": versions, "jemalloc": library, "loadavg_before": loadavg_before,
+        "loadavg_after": list(os.getloadavg()), "rows": rows,
+        "summary": summarize_serving(rows, args.models),
+    }
+    out = args.out or Path("docs/serving-malloc.md")
+    out.write_text(render_serving(report))
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {out}")
+    return report
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=2020)
-    parser.add_argument("--out", type=Path, default=Path("docs/training-memory.md"))
+    parser.add_argument("--serving", action="store_true",
+                        help="time the serving engine instead (-> docs/serving-malloc.md)")
+    parser.add_argument("--rounds", type=int, default=6, help="--serving: processes per malloc")
+    parser.add_argument("--models", type=lambda t: t.split(","), default=["plr", "sasrec"])
+    parser.add_argument("--models-dir", type=Path, default=Path("artifacts/models"))
+    parser.add_argument("--compiled-dir", type=Path, default=Path("artifacts/compiled"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default docs/training-memory.md (docs/serving-malloc.md)")
     args = parser.parse_args(argv)
+    if args.serving:
+        return main_serving(args, argv)
+    args.out = args.out or Path("docs/training-memory.md")
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (the first epoch is reported apart)")
     library = find_jemalloc()

@@ -21,6 +21,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -244,12 +245,13 @@ def summarize_serving(rows: list[dict], models: list[str]) -> dict:
 def render_serving(report: dict) -> str:
     s, hw = report["summary"], report["hardware"]
     lines = [
-        "# Serving compute: the system malloc against jemalloc", "",
+        "# Serving: the system malloc against jemalloc", "",
         f"Written by `{report['command']}` on {report['date']}. Hardware: {hw['cpu']}, "
         f"{hw['cores']} cores, torch {hw['torch']}, Python {hw['python']}; one process at a time "
         "pinned to one CPU, one torch thread. Load average before / after: "
         f"{' '.join(f'{x:.2f}' for x in report['loadavg_before'])} / "
         f"{' '.join(f'{x:.2f}' for x in report['loadavg_after'])}.", "",
+        "## The engine alone", "",
         "One event's engine work as the server does it, on the default checkpoints "
         f"({', '.join(f'{m} {v}' for m, v in report['versions'].items())}) and their compiled "
         "graphs: a user whose cache holds 40 items gets one more (`Engine.advance`: the cache "
@@ -272,10 +274,100 @@ def render_serving(report: dict) -> str:
     for r in report["rows"]:
         lines.append(f"| {r['round']} | {r['malloc']} | " + " | ".join(
             f"{r[m]['advance_us']:.1f} | {r[m]['graph_us']:.1f}" for m in report["models"]) + " |")
-    lines += ["", "Why it matters and what it does not show: see model/allocator.py. This is the "
-              "engine's share of a request on an otherwise idle core; the HTTP-level effect is in "
-              "the load test (docs/latency.md names the malloc its server ran on).", ""]
+    if report.get("http"):
+        lines += ["", "## Over HTTP, both servers in the same run", "",
+                  "Two `python -m server` processes at once, each with its own embedded Redis, all "
+                  "pinned to one CPU; the closed-loop client on the other. One on the system "
+                  "malloc (`PLR_JEMALLOC=\"\"`), one on jemalloc (the default where installed); "
+                  f"each holds {report['http_users']} stored users with real ml-100k histories of "
+                  "max_len items and a cache and state per model. /events appends one item of the "
+                  "user's real future (every served model advances); /recommend is by user_id "
+                  f"({report['models'][0]}, answered from the stored state). The four targets take "
+                  f"turns, {report['http_rounds']} rounds of 4 s each per concurrency.", "",
+                  "| route | c | system p50 ms | jemalloc p50 ms | jemalloc / system p50 | system "
+                  "p99 ms | jemalloc p99 ms | requests (system, jemalloc) | errors |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        by = {(r["route"], r["concurrency"], r["malloc"]): r for r in report["http"]}
+        for route, c in dict.fromkeys((r["route"], r["concurrency"]) for r in report["http"]):
+            a, b = by[(route, c, "system")], by[(route, c, "jemalloc")]
+            lines.append(f"| {route} | {c} | {a['p50_ms']:.3f} | {b['p50_ms']:.3f} | "
+                         f"**{b['p50_ms'] / a['p50_ms']:.2f}** | {a['p99_ms']:.3f} | "
+                         f"{b['p99_ms']:.3f} | {a['n']}, {b['n']} | {a['errors'] + b['errors']} |")
+    lines += ["", "Why: see model/allocator.py. The engine rows are a request's model work on an "
+              "otherwise idle core; the HTTP rows are the whole request path, side by side (the "
+              "VM's speed drifts: compare within a table, not with other reports).", ""]
     return "\n".join(lines)
+
+
+def http_ab(args) -> list[dict]:
+    """Both servers at once (`python -m server`, each with its own embedded Redis, both pinned
+    to the first CPU with their Redis; this client on the last): one on the system malloc
+    (PLR_JEMALLOC=""), one on jemalloc; stored users with real histories of max_len items
+    (ml-100k) on each, then closed-loop /events (one item of the user's real future; every
+    served model advances) and /recommend by user_id (the first model), the four targets taking
+    turns round by round (`loadtest.closed_loop.measure`). One row per (route, malloc, c)."""
+    from loadtest import procs  # the load-test harness: only this measurement needs it
+    from loadtest.closed_loop import Target, measure, percentile
+    from loadtest.runner import checkpoint_facts
+    from loadtest.sequential import N_USERS, _bodies, prepare_users
+    from loadtest.workload import PoolSpec, build_workload, dataset_sequences
+
+    from ..data import build_dataset, load_dataset
+
+    cpus = sorted(os.sched_getaffinity(0))
+    facts = checkpoint_facts(Path(args.models_dir), args.models)
+    sequences = dataset_sequences(build_dataset(load_dataset("ml-100k")), facts["items"])
+    pool = build_workload(sequences, [PoolSpec("near_max", facts["max_len"], n_users=N_USERS,
+                                               n_future=16, zipf_s=0.0)],
+                          "ml-100k", synthetic=False)["pools"]["near_max"]
+    servers, rows = {}, []
+    with tempfile.TemporaryDirectory() as logs:
+        try:
+            for allocator in ALLOCATORS:
+                port = procs.free_port()
+                env = procs.single_thread_env({
+                    "PLR_MODELS_DIR": str(args.models_dir), "PLR_DEFAULT_MODEL": args.models[0],
+                    "PLR_TORCH_THREADS": "1", "PLR_DEVICE": "cpu", "PLR_HOST": "127.0.0.1",
+                    "PLR_PORT": str(port), "PLR_LOG_LEVEL": "warning", "PLR_COMPILE": "load",
+                    "PLR_COMPILED_DIR": str(args.compiled_dir),
+                    **({"PLR_JEMALLOC": ""} if allocator == "system" else {})})
+                for key in ("REDIS_URL", "LD_PRELOAD", "MALLOC_CONF"):
+                    env.pop(key, None)
+                log = Path(logs) / f"{allocator}.log"
+                server = procs.spawn([sys.executable, "-m", "server"], log, env, cpus[:1])
+                servers[allocator] = (server, f"http://127.0.0.1:{port}")
+                procs.wait_ready(servers[allocator][1] + "/readyz", server, log)
+                maps = Path(f"/proc/{server.pid}/maps").read_text()
+                if ("libjemalloc" in maps) != (allocator == "jemalloc"):
+                    raise RuntimeError(f"the {allocator} server did not get that malloc")
+            targets = []
+            for allocator, (_, url) in servers.items():
+                users = prepare_users(url, pool, args.models, "malloc")
+                targets += [Target(f"/events|{allocator}", url, "/events",
+                                   _bodies(users, "events")),
+                            Target(f"/recommend|{allocator}", url, "/recommend",
+                                   _bodies(users, "recommend", args.models[0]))]
+            if len(cpus) >= 2:
+                os.sched_setaffinity(0, {cpus[-1]})
+            for c in args.concurrency:
+                results = measure(targets, c, args.http_rounds, 4.0)
+                for t in targets:
+                    route, allocator = t.name.split("|")
+                    lat = results[t.name].latencies
+                    rows.append({"route": route, "malloc": allocator, "concurrency": c,
+                                 "n": len(lat), "errors": results[t.name].errors,
+                                 **{f"p{q}_ms": 1000 * percentile(lat, q) for q in (50, 90, 99)}})
+        finally:
+            os.sched_setaffinity(0, set(cpus))
+            for server, _ in servers.values():
+                procs.stop(server)
+    return rows
+
+
+def _http_users() -> int:
+    from loadtest.sequential import N_USERS
+
+    return N_USERS
 
 
 def main_serving(args, argv) -> dict:
@@ -288,14 +380,16 @@ def main_serving(args, argv) -> dict:
     versions = {m: load(Path(args.models_dir) / m).version for m in args.models}
     loadavg_before = list(os.getloadavg())
     rows = time_serving(args, sorted(os.sched_getaffinity(0))[0])
+    http = http_ab(args) if args.http_rounds > 0 else []
     report = {
         "command": "python -m model.experiments.malloc_bench "
                    + shlex.join(argv if argv is not None else sys.argv[1:]),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "hardware": hardware(), "rounds": args.rounds, "models": args.models,
-        "versions": versions, "jemalloc": library, "loadavg_before": loadavg_before,
+        "versions": versions, "jemalloc": library, "http_rounds": args.http_rounds,
+        "http_users": _http_users(), "loadavg_before": loadavg_before,
         "loadavg_after": list(os.getloadavg()), "rows": rows,
-        "summary": summarize_serving(rows, args.models),
+        "summary": summarize_serving(rows, args.models), "http": http,
     }
     out = args.out or Path("docs/serving-malloc.md")
     out.write_text(render_serving(report))
@@ -311,6 +405,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--serving", action="store_true",
                         help="time the serving engine instead (-> docs/serving-malloc.md)")
     parser.add_argument("--rounds", type=int, default=6, help="--serving: processes per malloc")
+    parser.add_argument("--http-rounds", type=int, default=5,
+                        help="--serving: rounds of 4 s per target of the HTTP side by side (0: skip)")
+    parser.add_argument("--concurrency", type=lambda t: [int(c) for c in t.split(",")],
+                        default=[1, 4], help="--serving: closed-loop connections, comma list")
     parser.add_argument("--models", type=lambda t: t.split(","), default=["plr", "sasrec"])
     parser.add_argument("--models-dir", type=Path, default=Path("artifacts/models"))
     parser.add_argument("--compiled-dir", type=Path, default=Path("artifacts/compiled"))

@@ -37,3 +37,22 @@ def test_the_report_says_whether_the_weights_matched():
     differing = {**RUNS, "jemalloc": {**RUNS["jemalloc"], "weights_sha256": "bb"}}
     report["summary"] = malloc_bench.summarize(differing)
     assert "**differ**" in malloc_bench.render(report)
+
+
+def test_the_serving_report_pairs_each_route_and_concurrency_across_the_two_mallocs():
+    timing = {"plr": {"advance_us": 80.0, "graph_us": 60.0}}
+    rows = [{"round": 1, "malloc": "system", **timing},
+            {"round": 1, "malloc": "jemalloc", "plr": {"advance_us": 60.0, "graph_us": 54.0}}]
+    http = [{"route": "/events", "malloc": m, "concurrency": 1, "n": 100, "errors": e,
+             "p50_ms": p50, "p90_ms": 1.0, "p99_ms": 2.0}
+            for m, p50, e in (("system", 2.0, 0), ("jemalloc", 1.5, 1))]
+    report = {"command": "c", "date": "d", "hardware": {"cpu": "cpu", "cores": 2, "torch": "t",
+                                                        "python": "p"},
+              "loadavg_before": [0, 0, 0], "loadavg_after": [0, 0, 0], "versions": {"plr": "v"},
+              "rounds": 1, "models": ["plr"], "jemalloc": "lib", "rows": rows, "http": http,
+              "http_rounds": 1, "http_users": 64,
+              "summary": malloc_bench.summarize_serving(rows, ["plr"])}
+    assert report["summary"]["plr/advance_us"] == {"system": 80.0, "jemalloc": 60.0, "ratio": 0.75}
+    text = malloc_bench.render_serving(report)
+    assert "| plr | Engine.advance, one event | 80.0 | 60.0 | **0.75** |" in text
+    assert "| /events | 1 | 2.000 | 1.500 | **0.75** | 2.000 | 2.000 | 100, 100 | 1 |" in text

@@ -9,7 +9,13 @@ faults and resident memory (the moment `train` hands freed memory back); at the 
 the final weights. Writes docs/training-memory.md and .json with the hardware, date and load.
 Run it on a quiet machine (`QUIET_PIDS_FILE=F loadtest/quiet.sh python -m ...malloc_bench`).
 Both runs share the machine's drift (same minutes, one core each); an epoch's CPU time is what a
-queue worker pays for it. ValueError when the machine has no jemalloc.
+queue worker pays for it.
+
+`--serving` times the server's side instead and writes docs/serving-malloc.md (+ .json): one
+event's engine work (`Engine.advance` through the compiled graphs, and the append graph alone) in
+fresh processes on each malloc, rounds in ABBA order; then two `python -m server` processes, one
+on each malloc, measured over HTTP in the same closed-loop rounds (`http_ab`).
+ValueError when the machine has no jemalloc.
 """
 
 from __future__ import annotations
@@ -364,6 +370,22 @@ def http_ab(args) -> list[dict]:
     return rows
 
 
+def _jemalloc_or_fail() -> str:
+    library = find_jemalloc()
+    if library is None:
+        raise ValueError("no jemalloc on this machine (apt-get install libjemalloc2, or "
+                         "PLR_JEMALLOC=/path/to/libjemalloc.so)")
+    return library
+
+
+def _write(out: Path, text: str, report: dict) -> dict:
+    """The markdown report and its data beside it (.json); returns the report."""
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {out}")
+    return report
+
+
 def _http_users() -> int:
     from loadtest.sequential import N_USERS
 
@@ -371,10 +393,7 @@ def _http_users() -> int:
 
 
 def main_serving(args, argv) -> dict:
-    library = find_jemalloc()
-    if library is None:
-        raise ValueError("no jemalloc on this machine (apt-get install libjemalloc2, or "
-                         "PLR_JEMALLOC=/path/to/libjemalloc.so)")
+    library = _jemalloc_or_fail()
     from ..checkpoint import load
 
     versions = {m: load(Path(args.models_dir) / m).version for m in args.models}
@@ -391,11 +410,7 @@ def main_serving(args, argv) -> dict:
         "loadavg_after": list(os.getloadavg()), "rows": rows,
         "summary": summarize_serving(rows, args.models), "http": http,
     }
-    out = args.out or Path("docs/serving-malloc.md")
-    out.write_text(render_serving(report))
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {out}")
-    return report
+    return _write(args.out or Path("docs/serving-malloc.md"), render_serving(report), report)
 
 
 def main(argv=None) -> dict:
@@ -420,10 +435,7 @@ def main(argv=None) -> dict:
     args.out = args.out or Path("docs/training-memory.md")
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (the first epoch is reported apart)")
-    library = find_jemalloc()
-    if library is None:
-        raise ValueError("no jemalloc on this machine (apt-get install libjemalloc2, or "
-                         "PLR_JEMALLOC=/path/to/libjemalloc.so)")
+    library = _jemalloc_or_fail()
     cpus = sorted(os.sched_getaffinity(0))
     loadavg_before = list(os.getloadavg())
     # jemalloc's run gets the last CPU, where quiet.sh parks every other process: a disturbance
@@ -443,10 +455,7 @@ def main(argv=None) -> dict:
     if not runs["jemalloc"]["jemalloc"] or runs["system"]["jemalloc"]:
         raise RuntimeError("a run did not get the malloc it was started with")
     report["summary"] = summarize(runs)
-    args.out.write_text(render(report))
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {args.out}")
-    return report
+    return _write(args.out, render(report), report)
 
 
 if __name__ == "__main__":

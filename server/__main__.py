@@ -9,17 +9,22 @@ malloc. The embedded redis-server keeps its own.
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
-
-import uvicorn
 
 from model.allocator import exec_on_jemalloc, jemalloc_active
 
-from .app import create_app
-from .embedded_redis import EmbeddedRedis
-from .settings import Settings
+if __name__ == "__main__":
+    # Before the imports below: they load torch and the app (~2 s), which a restart would redo.
+    exec_on_jemalloc("server", sys.argv[1:], conf=None)  # jemalloc's own defaults for a server
+
+import logging  # noqa: E402 (after the restart above)
+import os  # noqa: E402
+
+import uvicorn  # noqa: E402
+
+from .app import create_app  # noqa: E402
+from .embedded_redis import EmbeddedRedis  # noqa: E402
+from .settings import Settings  # noqa: E402
 
 
 def main() -> None:
@@ -47,5 +52,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    exec_on_jemalloc("server", sys.argv[1:], conf=None)  # jemalloc's own defaults for a server
     main()

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from .allocator import jemalloc_active
 from .batches import TrainBatches
 from .checkpoint import save_checkpoint
 from .config import MODEL_KINDS, ModelConfig
@@ -196,8 +197,9 @@ def keep_freed_memory() -> bool:
     default glibc maps each block over 32 MB (or over its adaptive threshold) fresh from the
     kernel and unmaps it on free, so every step page-faults and zero-fills its working set again
     (~15 % of a PLR step, and the (N, n_items) logits products ran at half speed). With mmap off
-    and no trimming, memory stays at the peak working set. Returns False where glibc's mallopt
-    is unavailable.
+    and no trimming, memory stays at the peak working set, but that heap fragments as block sizes
+    vary (model/allocator.py): the experiment queue starts its workers on jemalloc instead where
+    the machine has it. Returns False where glibc's malloc is not the one in use.
     """
     libc = _glibc()
     if libc is None:
@@ -214,10 +216,11 @@ def release_freed_memory() -> bool:
     Why, once per epoch: with `keep_freed_memory` nothing is ever returned, and a PLR run on
     ml-latest-small grew to ~13 GB resident until the OOM killer ended it (2026-12-01). After
     each trim that run's resident memory fell to ~0.3-1 GB between epochs. Its per-epoch peak
-    still creeps up (~100-240 MB an epoch, with glibc's default settings too; no Python object or
-    live tensor grows, so it is native memory, not understood yet); the experiment queue's
-    per-job memory cap and restart bound it (model/experiments/queue.py). The cost: the next
-    step faults its working set in once."""
+    still creeps up (~100-240 MB an epoch, with glibc's default settings too): the heap fragments
+    (~130 MB in use between epochs, free chunks growing; model/allocator.py), which jemalloc
+    avoids; under glibc the experiment queue's per-job memory cap and restart bound it
+    (model/experiments/queue.py). The cost: the next step faults its working set in once. False
+    where glibc's malloc is not the one in use (under jemalloc nothing needs handing back)."""
     libc = _glibc()
     if libc is None:
         return False
@@ -226,6 +229,9 @@ def release_freed_memory() -> bool:
 
 
 def _glibc():
+    """glibc, when its malloc is this process's (not under jemalloc, model/allocator.py)."""
+    if jemalloc_active():
+        return None
     try:
         return ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc: malloc is left as it is

@@ -12,6 +12,9 @@ are rebuilt from the records; an interrupted run resumes from its last finished 
 `--park [--commit]` copies the states of runs in flight into the repository (docs/results/parked/,
 model/experiments/parked.py) before a machine goes away; the queue restores them when it starts.
 `--list` prints the queue and each job's state without running anything.
+Training runs on jemalloc where the machine has one (model/allocator.py; `apt-get install
+libjemalloc2`): the command starts its workers (or itself) with it preloaded; PLR_JEMALLOC=""
+keeps the system malloc.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
+from ..allocator import jemalloc_active, with_jemalloc
 from ..train import load_data
 from . import parked
 from .recipes import TUNED, TUNING_DATASET, TUNING_SEED, candidates, chosen_candidate, recipe
@@ -311,6 +315,7 @@ def lower_priority(nice: int) -> None:
 def work(args) -> None:
     if args.nice:
         lower_priority(args.nice)
+    log(f"malloc: {'jemalloc' if jemalloc_active() else 'the system malloc (no jemalloc found)'}")
     failed = set()
     while True:
         job, lock, pending = next_job(frozenset(failed))
@@ -361,7 +366,9 @@ def supervise(args) -> None:
     argv = [sys.executable, "-m", "model.experiments.queue", "--worker", "--device", args.device,
             "--threads", str(args.threads), "--nice", str(args.nice), "--poll", str(args.poll)]
     argv += ["--commit"] if args.commit else []
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}  # no idle thread pools either
+    # No idle thread pools; jemalloc where the machine has it (model/allocator.py: faster
+    # epochs, and memory that does not creep as glibc's fragmented heap did).
+    env = with_jemalloc({**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     workers = []
     for i in range(args.workers):
         out = open(Path(args.log_dir) / f"queue-worker{i + 1}.log", "a")
@@ -466,5 +473,21 @@ def main(argv=None) -> None:
     supervise(args)
 
 
+def _start_on_jemalloc(argv: list[str]) -> None:
+    """Start this same command again on jemalloc (model/allocator.py) when the machine has it and
+    this process does not run on it yet; returns when there is nothing to do. Only the command
+    line does this: a process cannot change its malloc, so it execs itself with LD_PRELOAD
+    (once: a preload that did not take is not retried)."""
+    if jemalloc_active() or os.environ.get("PLR_JEMALLOC_STARTED"):
+        return
+    env = with_jemalloc(os.environ)
+    if env.get("LD_PRELOAD") == os.environ.get("LD_PRELOAD"):
+        return  # no jemalloc on this machine
+    env["PLR_JEMALLOC_STARTED"] = "1"
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "model.experiments.queue", *argv], env)
+
+
 if __name__ == "__main__":
+    _start_on_jemalloc(sys.argv[1:])
     main()

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..allocator import jemalloc_active
 from ..config import ModelConfig
 from ..train import RUN_ONLY_FIELDS, TrainConfig, train
 from .hardware import hardware
@@ -154,7 +155,8 @@ def execute(spec: RunSpec, data, record_path: Path, run_threads: int = 1,
         "produced": {"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                      "started_piece": started.isoformat(timespec="seconds"),
                      "hardware": hardware(), "torch_threads": torch.get_num_threads(),
-                     "loadavg_end": list(os.getloadavg()), "code": code_commit()},
+                     "loadavg_end": list(os.getloadavg()), "code": code_commit(),
+                     "malloc": "jemalloc" if jemalloc_active() else "system"},
     }
     if model_cfg.kind == "plr" and model_cfg.n_streams > 1:
         from .analyses import stream_summary  # stream distances need the weights: now or never

@@ -12,6 +12,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
+# jemalloc: `python -m server` restarts itself on it when present (model/allocator.py; the
+# engine's work per event costs ~0.8-0.9x on it, docs/serving-malloc.md).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libjemalloc2 \
+    && rm -rf /var/lib/apt/lists/*
+
 # Every version comes from requirements.lock (`make lock`), used as pip constraints, so a rebuild
 # installs what was tested. It pins the CPU wheel of torch (torch==2.13.0+cpu), found only on the
 # CPU index: pip never pulls a multi-GB CUDA build. Torch gets its own layer, cached across code

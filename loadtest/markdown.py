@@ -94,6 +94,8 @@ def _setup(ctx: dict, slo_ms: float, results: list[dict]) -> list[str]:
         f"- Models: {', '.join(ctx['models'])} from `{ctx.get('models_dir', 'artifacts/models')}`"
         f"; max_len {ctx['max_len']}.",
         _model_versions(ctx.get("server_models") or {}),
+        f"- Server malloc: {ctx.get('server_malloc', 'not recorded')} (`python -m server` runs on "
+        "jemalloc where the machine has it: model/allocator.py, docs/serving-malloc.md).",
         f"- Workload: users and histories from {data}; pools (users) {ctx['pools']}. Zipf (s=1) "
         "user popularity over a seeded shuffle of users; /events : /recommend = 1:1; constant "
         "arrivals, open loop (requests fire on schedule, each in its own greenlet); latency is "

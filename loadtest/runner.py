@@ -183,6 +183,15 @@ class Servers:
         status, text = procs.http_get(self.url("server") + "/models")
         return json.loads(text) if status == 200 else {}
 
+    def malloc(self) -> str:
+        """The server process's malloc: `python -m server` restarts itself on jemalloc where
+        the machine has it (model/allocator.py), and the report says which one ran."""
+        try:
+            maps = Path(f"/proc/{self.server.pid}/maps").read_text()
+        except OSError:
+            return "unknown"
+        return "jemalloc" if "libjemalloc" in maps else "system"
+
 
 # --- steps --------------------------------------------------------------------------------------
 
@@ -463,6 +472,7 @@ def main(argv=None):
         speed = {"before": machine_speed(args)}
         servers.start()
         server_models = servers.models()
+        server_malloc = servers.malloc()
         if "sequential" in groups:
             seq = run_sequential(servers, workload, models, mode, run_dir)
         run = StepRunner(servers, workload_path, run_dir, args, run_id)
@@ -484,6 +494,7 @@ def main(argv=None):
     context["steps"] = {"run": len(run.results) - run.reused, "reused": run.reused,
                         "steps_wall_s": round(sum(r.get("wall_s", 0) for r in run.results), 1)}
     context["sequential"] = seq
+    context["server_malloc"] = server_malloc
     context["machine_speed"] = speed
     out = report.write_report(run.results, context, args.docs, args.slo_ms)
     print(f"wrote {out}")

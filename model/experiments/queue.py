@@ -34,7 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from ..allocator import jemalloc_active, with_jemalloc
+from ..allocator import exec_on_jemalloc, jemalloc_active, with_jemalloc
 from ..train import load_data
 from . import parked
 from .recipes import TUNED, TUNING_DATASET, TUNING_SEED, candidates, chosen_candidate, recipe
@@ -473,21 +473,6 @@ def main(argv=None) -> None:
     supervise(args)
 
 
-def _start_on_jemalloc(argv: list[str]) -> None:
-    """Start this same command again on jemalloc (model/allocator.py) when the machine has it and
-    this process does not run on it yet; returns when there is nothing to do. Only the command
-    line does this: a process cannot change its malloc, so it execs itself with LD_PRELOAD
-    (once: a preload that did not take is not retried)."""
-    if jemalloc_active() or os.environ.get("PLR_JEMALLOC_STARTED"):
-        return
-    env = with_jemalloc(os.environ)
-    if env.get("LD_PRELOAD") == os.environ.get("LD_PRELOAD"):
-        return  # no jemalloc on this machine
-    env["PLR_JEMALLOC_STARTED"] = "1"
-    sys.stdout.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "model.experiments.queue", *argv], env)
-
-
 if __name__ == "__main__":
-    _start_on_jemalloc(sys.argv[1:])
+    exec_on_jemalloc("model.experiments.queue", sys.argv[1:])
     main()

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from model.allocator import JEMALLOC_CONF, find_jemalloc, jemalloc_active, with_jemalloc
+from model.allocator import (JEMALLOC_CONF, STARTED, find_jemalloc, jemalloc_active,
+                             with_jemalloc, without_jemalloc)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,3 +81,35 @@ def test_training_on_jemalloc_computes_the_same_weights_bit_for_bit():
     assert system[1:] == ["False", "True"]  # glibc: its malloc tuning applies
     assert jemalloc[1:] == ["True", "False"]  # really preloaded; glibc's tuning then skipped
     assert jemalloc[0] == system[0]
+
+
+def test_a_child_that_keeps_its_own_malloc_loses_only_the_jemalloc_preload():
+    env = {"LD_PRELOAD": "/usr/lib/libjemalloc.so.2 /opt/other.so", "MALLOC_CONF": "x",
+           STARTED: "1", "PATH": "/bin"}
+    assert without_jemalloc(env) == {"LD_PRELOAD": "/opt/other.so", "PATH": "/bin"}
+    assert without_jemalloc({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}) == {}
+    assert without_jemalloc({"PATH": "/bin", "MALLOC_CONF": "mine"}) == {
+        "PATH": "/bin", "MALLOC_CONF": "mine"}  # not ours: left alone
+
+
+PROBE = """
+import sys
+from model.allocator import exec_on_jemalloc, jemalloc_active
+exec_on_jemalloc("probe", sys.argv[1:])
+print(jemalloc_active(), sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("choice", ["found", "none"])
+def test_a_command_restarts_itself_on_jemalloc_once_with_its_arguments(tmp_path, choice):
+    found = find_jemalloc(_env())
+    if choice == "found" and found is None:
+        pytest.skip("no jemalloc on this machine (apt-get install libjemalloc2)")
+    (tmp_path / "probe.py").write_text(PROBE)
+    env = _env(PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
+    if choice == "none":
+        env["PLR_JEMALLOC"] = ""
+    done = subprocess.run([sys.executable, "-m", "probe", "--a", "b c"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"{choice == 'found'} ['--a', 'b c']"]

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from model.allocator import find_jemalloc
 from server_helpers import assert_same_answer, save_tiny
 
 N_WRITERS, N_EVENTS, N_USERS = 50, 10, 5
@@ -61,6 +62,9 @@ def two_servers(tmp_path, redis_url):
     try:
         for url, proc in zip(urls, procs):
             wait_ready(url, proc)
+            # `python -m server` restarts itself on jemalloc where the machine has it (same pid)
+            maps = Path(f"/proc/{proc.pid}/maps").read_text()
+            assert ("libjemalloc" in maps) == (find_jemalloc() is not None)
         yield urls
     finally:
         for proc in procs:

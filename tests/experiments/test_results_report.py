@@ -85,6 +85,28 @@ def test_verdict_never_says_beats_when_one_metric_is_behind():
         rows(0.1, 0.1, seeds=(1,)), 3)[0]
 
 
+def test_verdict_also_says_where_plr_stands_against_the_best_rearec():
+    from model.experiments.results import verdict
+
+    rows = [{"model": "sasrec", "seeds": [1, 2, 3]},
+            {"model": "rearec-erl", "seeds": [1, 2], "ndcg@10": (0.0675, 0.0),
+             "recall@10": (0.1382, 0.0)},
+            {"model": "plr", "seeds": [1, 2, 3], "rel_ndcg@10": 0.045, "rel_recall@10": 0.032,
+             "p_vs_sasrec": 0.33, "ndcg@10": (0.0635, 0.0), "recall@10": (0.1382 * 1.01, 0.0),
+             "best_rearec": "rearec-erl", "p_vs_rearec": 0.234}]
+    lines = verdict(rows, 3)
+    assert lines[0].startswith("PLR beats SASRec here")
+    assert lines[2] == (
+        "PLR is NOT ahead of rearec-erl (the best ReaRec here) on both metrics: ahead on test "
+        "Recall@10, level or behind on NDCG@10 (-5.9 %, +1.0 %; paired p 0.234, not significant "
+        "at 0.05; goal: ahead of both ReaRec variants; 3 PLR and 2 rearec-erl seed(s): a first "
+        "look until both have 3).")
+    rows[1]["ndcg@10"], rows[1]["recall@10"] = (0.06, 0.0), (0.13, 0.0)
+    assert verdict(rows, 3)[2].startswith("PLR is ahead of rearec-erl (the best ReaRec here)")
+    rows[2].pop("best_rearec")
+    assert len(verdict(rows, 3)) == 2  # no ReaRec run yet: the SASRec sentence alone
+
+
 def test_records_from_different_splits_are_refused(tmp_path):
     ranks = np.arange(1, 11)
     write_records(tmp_path / "runs", [run("sasrec", 2020, ranks, "d1"),

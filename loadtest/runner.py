@@ -448,8 +448,15 @@ def run_plan(run: StepRunner, mode, models: list[str], groups: set[str]) -> None
 def stop_on_term() -> None:
     """SIGTERM (quiet.sh passing on its own, `timeout`, a session that ends) exits through the
     `finally` below, so the server, its Redis and the floor app stop with the run instead of
-    outliving it on the benchmark's CPUs."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    outliving it on the benchmark's CPUs. Once: a second SIGTERM (`pkill` reaching both quiet.sh,
+    which passes its own on, and the runner) arrived while the cleanup was stopping the server
+    and cut it short, and the floor app outlived the run (2026-12-02)."""
+
+    def leave(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the cleanup runs to its end
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
 
 
 def main(argv=None):

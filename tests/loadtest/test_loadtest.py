@@ -843,13 +843,18 @@ def test_quiet_sh_killed_mid_benchmark_still_resumes_the_background_and_its_affi
 def test_the_runner_leaves_through_its_cleanup_on_sigterm(tmp_path):
     # A stopped run must stop its server, Redis and floor app (its `finally`), not orphan them.
     marker = tmp_path / "cleaned"
+    # A second SIGTERM during the cleanup (pkill reaching quiet.sh and the runner) must not cut
+    # it short.
     code = ("import os, signal, time\n"
             "from loadtest.runner import stop_on_term\n"
             "stop_on_term()\n"
             "try:\n"
             "    os.kill(os.getpid(), signal.SIGTERM)\n"
             "    time.sleep(30)\n"
-            f"finally:\n    open({str(marker)!r}, 'w').close()\n")
+            "finally:\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    time.sleep(0.2)\n"
+            f"    open({str(marker)!r}, 'w').close()\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=procs.REPO, timeout=60)
     assert done.returncode == 143
     assert marker.exists()

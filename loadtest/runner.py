@@ -227,10 +227,7 @@ def run_step(
     proc = procs.spawn(
         cmd, Path(f"{raw}_locust.log"), procs.single_thread_env(), _cpus(args.locust_cpus)
     )
-    try:
-        proc.wait(run_time + 30)
-    except subprocess.TimeoutExpired:
-        procs.stop(proc)  # the requests CSV check below reports it
+    procs.wait_or_stop(proc, run_time + 30)  # a timeout: the requests CSV check reports it
     servers.check_alive()
     after = servers.metrics() if step.target == "server" else ""
     if before and after:  # kept with the raw requests: what the step's tables were made of

@@ -879,3 +879,16 @@ def test_a_runner_stopped_mid_step_stops_its_load_generator(tmp_path):
     stat = Path(f"/proc/{int(pid_file.read_text())}/stat")
     if stat.exists():  # reaped: gone; still running (the bug): sleeping, reparented
         assert stat.read_text().split()[2] == "Z"
+
+
+def test_the_runner_stops_before_the_ladder_when_the_floor_is_slow():
+    from loadtest.runner import SlowMachine, check_floor
+
+    rows = [{"target": t, "route": route, "concurrency": c, "p50_ms": p50}
+            for t, route, c, p50 in [("plr", "/recommend", 1, 0.40), ("floor", "/events", 1, 0.5),
+                                     ("floor", "/recommend", 4, 0.60),
+                                     ("floor", "/recommend", 1, 0.29)]]
+    assert check_floor({"rows": rows}, None) == 0.29  # no bound: only read
+    assert check_floor({"rows": rows}, 0.30) == 0.29
+    with pytest.raises(SlowMachine, match="p50 is 0.290 ms, above --max-floor-ms 0.2"):
+        check_floor({"rows": rows}, 0.2)

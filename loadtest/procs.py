@@ -85,6 +85,18 @@ def wait_ready(url: str, proc: subprocess.Popen, log_path: Path, timeout_s: floa
     raise TimeoutError(f"{url} not ready after {timeout_s}s\n{_tail(log_path)}")
 
 
+def wait_or_stop(proc: subprocess.Popen, timeout_s: float) -> None:
+    """Wait for `proc` up to `timeout_s`; stop it if it is still running when the wait ends,
+    by timeout or by any exception (the runner's SIGTERM exit included), so a stopped run never
+    leaves a load generator firing on the benchmark's CPU (it did on 2026-12-02)."""
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        stop(proc)
+
+
 def stop(proc: subprocess.Popen | None, grace_s: float = 10.0) -> None:
     if proc is None or proc.poll() is not None:
         return

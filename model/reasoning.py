@@ -199,11 +199,16 @@ def info_nce(anchors: Tensor, positives: Tensor, valid: Tensor, temperature: flo
     b = anchors.shape[0]
     a = anchors.permute(1, 2, 0, 3)  # (S, K, B, D)
     p = positives.permute(1, 2, 0, 3)
-    logits = a @ p.transpose(-1, -2) / temperature  # (S, K, B, B)
-    cols = valid.T.view(valid.shape[1], 1, 1, b)  # (S, 1, 1, B)
-    logits = logits.masked_fill(~cols, float("-inf"))
-    rows = cols.transpose(-1, -2).expand(-1, logits.shape[1], -1, -1).squeeze(-1)  # (S, K, B)
+    logits = a @ p.transpose(-1, -2)  # (S, K, B, B)
+    if temperature != 1.0:  # x / 1.0 is x: no pass over the whole block (and none back) for it
+        logits = logits / temperature
+    rows = valid.T.unsqueeze(1).expand(-1, logits.shape[1], -1)  # (S, K, B): valid anchors
     if not rows.any():
         return anchors.sum() * 0.0  # no valid pair: a zero that keeps the graph
+    # The valid anchors' rows first, then each row's invalid columns masked: the same values (and
+    # gradients) as masking the whole (S, K, B, B) block and then selecting, without the block-sized
+    # masked copy and its backward.
+    position = rows.nonzero()[:, 0]  # (R,): the prefix position of each selected row
+    row_logits = logits[rows].masked_fill(~valid.T[position], float("-inf"))  # (R, B)
     labels = torch.arange(b, device=anchors.device).expand_as(rows)
-    return F.cross_entropy(logits[rows], labels[rows])
+    return F.cross_entropy(row_logits, labels[rows])

@@ -6,6 +6,7 @@ import random
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -858,3 +859,36 @@ def test_the_runner_leaves_through_its_cleanup_on_sigterm(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=procs.REPO, timeout=60)
     assert done.returncode == 143
     assert marker.exists()
+
+
+def test_a_runner_stopped_mid_step_stops_its_load_generator(tmp_path):
+    # The 2026-12-02 run stopped with SIGTERM left its locust firing at a dead server: the step's
+    # wait must stop the child on the way out, not only on its own timeout.
+    pid_file = tmp_path / "child.pid"
+    code = ("import os, signal, subprocess\n"
+            "from loadtest import procs\n"
+            "from loadtest.runner import stop_on_term\n"
+            "stop_on_term()\n"
+            "child = subprocess.Popen(['sleep', '60'])\n"
+            f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+            "signal.setitimer(signal.ITIMER_REAL, 0.3)\n"
+            "signal.signal(signal.SIGALRM, lambda *a: os.kill(os.getpid(), signal.SIGTERM))\n"
+            "procs.wait_or_stop(child, 60)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=procs.REPO, timeout=30)
+    assert done.returncode == 143
+    stat = Path(f"/proc/{int(pid_file.read_text())}/stat")
+    if stat.exists():  # reaped: gone; still running (the bug): sleeping, reparented
+        assert stat.read_text().split()[2] == "Z"
+
+
+def test_the_runner_stops_before_the_ladder_when_the_floor_is_slow():
+    from loadtest.runner import SlowMachine, check_floor
+
+    rows = [{"target": t, "route": route, "concurrency": c, "p50_ms": p50}
+            for t, route, c, p50 in [("plr", "/recommend", 1, 0.40), ("floor", "/events", 1, 0.5),
+                                     ("floor", "/recommend", 4, 0.60),
+                                     ("floor", "/recommend", 1, 0.29)]]
+    assert check_floor({"rows": rows}, None) == 0.29  # no bound: only read
+    assert check_floor({"rows": rows}, 0.30) == 0.29
+    with pytest.raises(SlowMachine, match="p50 is 0.290 ms, above --max-floor-ms 0.2"):
+        check_floor({"rows": rows}, 0.2)

@@ -149,3 +149,34 @@ def test_dropout_drops_at_rate_p_keeps_the_mean_and_is_off_in_eval():
     assert dropout(odd, 0.5, True).shape == odd.shape
     with pytest.raises(ValueError, match="dropout probability"):
         dropout(x, 1.0, True)
+
+
+def old_info_nce(anchors, positives, valid, temperature):
+    """info_nce before it selected rows first: the whole (S, K, B, B) block divided and masked."""
+    b = anchors.shape[0]
+    a, p = anchors.permute(1, 2, 0, 3), positives.permute(1, 2, 0, 3)
+    logits = a @ p.transpose(-1, -2) / temperature
+    cols = valid.T.view(valid.shape[1], 1, 1, b)
+    logits = logits.masked_fill(~cols, float("-inf"))
+    rows = cols.transpose(-1, -2).expand(-1, logits.shape[1], -1, -1).squeeze(-1)
+    labels = torch.arange(b).expand_as(rows)
+    return F.cross_entropy(logits[rows], labels[rows])
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.3])
+def test_info_nce_equals_the_block_masked_form_bit_for_bit(temperature):
+    # Synthetic (B, S, K, D) views; a prefix position no user reaches (column 0) and users valid
+    # at a few positions only, as in a training window.
+    torch.manual_seed(3)
+    anchors = torch.randn(6, 5, 3, 8, requires_grad=True)
+    positives = torch.randn(6, 5, 3, 8, requires_grad=True)
+    valid = torch.rand(6, 5) > 0.4
+    valid[:, 0] = False
+    valid[0, 1:] = True
+    new = info_nce(anchors, positives, valid, temperature)
+    new_grads = torch.autograd.grad(new, (anchors, positives))
+    old = old_info_nce(anchors, positives, valid, temperature)
+    old_grads = torch.autograd.grad(old, (anchors, positives))
+    assert torch.equal(new, old)
+    for n, o in zip(new_grads, old_grads):
+        assert torch.equal(n, o)

@@ -244,9 +244,10 @@ def _where_plr_goes(s: dict, timings: dict) -> list[str]:
         f"{s['plr_rcl_share']:.0%} of the recipe's epoch** (without it PLR would be "
         f"{s['plr_without_rcl_over_sasrec']:.2f}x SASRec's recipe); without GRR, "
         f"{timings[PLR_NO_GRR]['new']['s_per_epoch_wall']:.1f} s: GRR costs "
-        f"{s['plr_grr_share']:.0%} (shares and ratios: medians of the rounds' own). RCL is part of the method (plr-method.md s.3, item 8: two independent dropout "
-        "views), so the recipe keeps it; the ablation runs of the grid (plr-M2-T2-norcl) say "
-        "what it buys in accuracy.",
+        f"{s['plr_grr_share']:.0%} (shares and ratios: medians of the rounds' own). RCL is "
+        "part of the method (plr-method.md s.3, item 8: two independent dropout views), so the "
+        "recipe keeps it; the ablation runs of the grid (plr-M2-T2-norcl) say what it buys in "
+        "accuracy.",
     ]
 
 

@@ -209,6 +209,10 @@ def render(report: dict) -> str:
         "- training logits against the item table padded to a multiple of 16 columns "
         "(`Encoder.scores_padded`: MKL ran the 1683-wide product ~3x slower), no division by a "
         "temperature of 1;",
+        "- the training logits' -inf columns (padding item, padded table) enter as the "
+        "product's bias (`addmm`) instead of being written into it, which made autograd clone "
+        "the whole logits gradient twice (bit for bit the same weights after training steps on "
+        "this machine);",
         "- the RCL InfoNCE (model/reasoning.py `info_nce`) selects the valid anchors' rows before "
         "masking their invalid columns and skips a division by a temperature of 1 (bit for bit "
         "the same loss and gradients, tested);",

@@ -209,6 +209,10 @@ def render(report: dict) -> str:
         "- training logits against the item table padded to a multiple of 16 columns "
         "(`Encoder.scores_padded`: MKL ran the 1683-wide product ~3x slower), no division by a "
         "temperature of 1;",
+        "- the training logits' -inf columns (padding item, padded table) enter as the "
+        "product's bias (`addmm`) instead of being written into it, which made autograd clone "
+        "the whole logits gradient twice (bit for bit the same weights after training steps on "
+        "this machine);",
         "- the RCL InfoNCE (model/reasoning.py `info_nce`) selects the valid anchors' rows before "
         "masking their invalid columns and skips a division by a temperature of 1 (bit for bit "
         "the same loss and gradients, tested);",
@@ -244,9 +248,10 @@ def _where_plr_goes(s: dict, timings: dict) -> list[str]:
         f"{s['plr_rcl_share']:.0%} of the recipe's epoch** (without it PLR would be "
         f"{s['plr_without_rcl_over_sasrec']:.2f}x SASRec's recipe); without GRR, "
         f"{timings[PLR_NO_GRR]['new']['s_per_epoch_wall']:.1f} s: GRR costs "
-        f"{s['plr_grr_share']:.0%} (shares and ratios: medians of the rounds' own). RCL is part of the method (plr-method.md s.3, item 8: two independent dropout "
-        "views), so the recipe keeps it; the ablation runs of the grid (plr-M2-T2-norcl) say "
-        "what it buys in accuracy.",
+        f"{s['plr_grr_share']:.0%} (shares and ratios: medians of the rounds' own). RCL is "
+        "part of the method (plr-method.md s.3, item 8: two independent dropout views), so the "
+        "recipe keeps it; the ablation runs of the grid (plr-M2-T2-norcl) say what it buys in "
+        "accuracy.",
     ]
 
 

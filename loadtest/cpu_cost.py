@@ -16,7 +16,8 @@ latency; per round, the first model's total CPU per event and per recommend over
 model's (their quartiles: the median is the comparison, a round's pair runs back to back);
 and the requests per second one core sustains at events:recommend 1:1, 2 / (event + recommend
 CPU): an upper bound that ignores idle gaps and the load generator.
-Run: python -m loadtest.cpu_cost (writes docs/cpu-cost.md and docs/cpu-cost.json).
+Run: python -m loadtest.cpu_cost (writes docs/cpu-cost.md and docs/cpu-cost.json; the load-test
+runner runs the same measurement as its `cpu` section).
 """
 
 from __future__ import annotations
@@ -155,29 +156,21 @@ def summarize(samples: dict[tuple[str, str], list[dict]], models: list[str], rou
 # --- report -------------------------------------------------------------------------------------
 
 
-def render(result: dict, ctx: dict) -> str:
-    """docs/cpu-cost.md: text around the measured numbers only."""
-    models = ctx["models"]
+def section(result: dict | None, models: list[str]) -> list[str]:
+    """The measurement as markdown lines (method, table, comparison), for this module's page and
+    for docs/latency.md's; nothing when it was not measured."""
+    if not result:
+        return []
     lines = [
-        "# CPU per request on the serving core",
-        "",
-        f"Written by `{ctx['command']}` on {ctx['date']}. Hardware: {ctx['cpu']}, "
-        f"{ctx['cores']} cores; Python {ctx['python']}, torch {ctx['torch']}; the server on "
-        f"{ctx['malloc']} malloc, compiled engine graphs: {ctx['engines']}. Load average before / "
-        f"after: {ctx['loadavg'][0]} / {ctx['loadavg'][1]}.",
-        "",
-        f"The server (`python -m server`, models {', '.join(ctx['versions'])}) and its embedded "
-        f"Redis on CPU {ctx['server_cpus']}, the empty FastAPI app (loadtest/empty_app.py) on the "
-        f"same CPU, the closed-loop client ({result['concurrency']} keep-alive connections, each "
-        f"sending its next request when the answer is back) on CPU {ctx['client_cpus']}. "
-        f"{result['users_per_model']} stored users per model (real ml-100k histories of max_len "
-        f"items, the same for every model), each cached by its model alone: a user's /events "
-        f"advances one model, as on a server that serves only that model. "
-        f"{result['rounds']} rounds of {result['round_s']:g} s per target (after a short warm-up "
-        "that is not counted): the floor, then per route the models back to back, their order "
-        "turning from round to round; CPU "
-        "is user + system time from /proc/<pid>/stat over the target's round (10 ms ticks), per "
-        "answered request; each cell is the median round.",
+        f"Each model's {result['users_per_model']} stored users (real histories of max_len "
+        "items, the same for every model) are cached by that model alone: a user's /events "
+        "advances one model, as on a server that serves only that model. The closed-loop client "
+        f"({result['concurrency']} keep-alive connections) drives one target at a time, "
+        f"{result['rounds']} rounds of {result['round_s']:g} s per target after a short warm-up "
+        "that is not counted: the empty app's /recommend, then per route the models back to "
+        "back, their order turning from round to round. CPU: user + system time of the server "
+        "process and of its embedded Redis (/proc/<pid>/stat, 10 ms ticks) over the target's "
+        "round, per answered request; each cell is the median round.",
         "",
         "| target | route | requests | server CPU us / request | Redis CPU us / request | "
         "total us / request | rounds' middle half (total) | p50 ms |",
@@ -204,9 +197,28 @@ def render(result: dict, ctx: dict) -> str:
     lines += ["", "Why it matters: near capacity a request's latency is queueing on the one "
               "core, and the queue grows as 1 / (1 - load): the model whose events cost more "
               "CPU reaches a given load at a lower rate, and its stored users' `/recommend` "
-              "(which runs no model) waits longer there (docs/latency.md, ladder). Errors: "
+              "(which runs no model) waits longer there. Errors: "
               f"{sum(r['errors'] for r in result['rows'])} non-2xx answers in all.", ""]
-    return "\n".join(lines)
+    return lines
+
+
+def render(result: dict, ctx: dict) -> str:
+    """docs/cpu-cost.md: where and how it ran, then `section`."""
+    lines = [
+        "# CPU per request on the serving core",
+        "",
+        f"Written by `{ctx['command']}` on {ctx['date']}. Hardware: {ctx['cpu']}, "
+        f"{ctx['cores']} cores; Python {ctx['python']}, torch {ctx['torch']}; the server on "
+        f"{ctx['malloc']} malloc, compiled engine graphs: {ctx['engines']}. Load average before / "
+        f"after: {ctx['loadavg'][0]} / {ctx['loadavg'][1]}.",
+        "",
+        f"The server (`python -m server`, models {', '.join(ctx['versions'])}) and its embedded "
+        f"Redis on CPU {ctx['server_cpus']}, the empty FastAPI app (loadtest/empty_app.py) on the "
+        f"same CPU, the closed-loop client on CPU {ctx['client_cpus']}. Latency near capacity "
+        "(docs/latency.md, ladder) follows from these costs.",
+        "",
+    ]
+    return "\n".join(lines + section(result, ctx["models"]))
 
 
 def main(argv=None) -> None:
@@ -226,7 +238,14 @@ def main(argv=None) -> None:
     p.add_argument("--server-cmd", default=f"{sys.executable} -m server")
     p.add_argument("--run-dir", type=Path, default=procs.REPO / "runs" / "cpu-cost")
     p.add_argument("--docs", type=Path, default=procs.REPO / "docs")
+    p.add_argument("--rerender", action="store_true",
+                   help="rebuild docs/cpu-cost.md from docs/cpu-cost.json, measuring nothing")
     args = p.parse_args(argv)
+    if args.rerender:
+        saved = json.loads((args.docs / "cpu-cost.json").read_text())
+        ctx = saved.pop("context")
+        (args.docs / "cpu-cost.md").write_text(render(saved, ctx))
+        return
     models = [m for m in args.models.split(",") if m]
     if args.client_cpus:
         os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})

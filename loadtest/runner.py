@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from loadtest import plan, procs, prom, report, sequential
+from loadtest import cpu_cost, plan, procs, prom, report, sequential
 from loadtest.plan import MODES, Step
 from loadtest.stats import (interleaved_blocks, parse_locust_stats, passes_slo, ratio_ci,
                             read_request_rows, summarize_step)
@@ -36,7 +36,7 @@ def parse_args(argv=None):
     p.add_argument("--slo-ms", type=float, default=25.0)
     p.add_argument("--run-dir", type=Path, default=None, help="default runs/loadtest/<mode>")
     p.add_argument("--docs", type=Path, default=procs.REPO / "docs", help="writes latency.md there")
-    p.add_argument("--groups", default="sequential,ladder,cache,length,floor",
+    p.add_argument("--groups", default="sequential,cpu,ladder,cache,length,floor",
                    help="subset of step groups")
     p.add_argument("--compiled-dir", type=Path, default=procs.REPO / "artifacts" / "compiled",
                    help="compiled engine graphs; built first if missing (the server only loads)")
@@ -450,6 +450,23 @@ def run_sequential(servers: Servers, workload: dict, models: list[str], mode,
     return result
 
 
+def run_cpu_cost(servers: Servers, workload: dict, models: list[str], mode,
+                 run_dir: Path) -> dict:
+    """CPU per request per model and route (loadtest/cpu_cost.py), saved like a step."""
+    path = run_dir / "steps" / "cpu_cost.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    rounds, round_s = (30, 1.0) if mode.measure_s >= 30 else (6, 0.5)
+    result = cpu_cost.measure(servers.url("server"), servers.server.pid, servers.url("empty"),
+                              servers.empty.pid, workload, models, rounds, round_s)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    for pair, by_route in result["ratios"].items():
+        print(f"cpu per request {pair}: events {by_route['/events'][1]:.3f}, recommend "
+              f"{by_route['/recommend'][1]:.3f}", flush=True)
+    return result
+
+
 def run_plan(run: StepRunner, mode, models: list[str], groups: set[str]) -> None:
     if "ladder" in groups:
         run_ladder(run, mode, models, "server", mode.ladder, interleave=run.interleave)
@@ -491,7 +508,7 @@ def main(argv=None):
     stop_on_term()
     started = time.monotonic()
     groups = set(args.groups.split(","))
-    seq = None
+    seq = cpu = None
     try:
         build_graphs(args, servers.models_dir)
         speed = {"before": machine_speed(args)}
@@ -505,6 +522,8 @@ def main(argv=None):
             except SlowMachine as slow:
                 (run_dir / "steps" / "sequential.json").unlink()  # a rerun measures again
                 sys.exit(f"stopped: {slow}")
+        if "cpu" in groups:
+            cpu = run_cpu_cost(servers, workload, models, mode, run_dir)
         run = StepRunner(servers, workload_path, run_dir, args, run_id)
         run_plan(run, mode, models, groups)
     finally:
@@ -524,6 +543,7 @@ def main(argv=None):
     context["steps"] = {"run": len(run.results) - run.reused, "reused": run.reused,
                         "steps_wall_s": round(sum(r.get("wall_s", 0) for r in run.results), 1)}
     context["sequential"] = seq
+    context["cpu_cost"] = cpu
     context["server_malloc"] = server_malloc
     context["machine_speed"] = speed
     out = report.write_report(run.results, context, args.docs, args.slo_ms)

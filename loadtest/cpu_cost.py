@@ -28,10 +28,11 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
-from loadtest import procs, sequential
+from loadtest import cpu_profile, procs, sequential
 from loadtest.closed_loop import Target, measure as closed_loop, percentile
 
 N_USERS = 64
@@ -89,7 +90,7 @@ def round_order(models: list[str], r: int) -> list[tuple[str, str]]:
 
 def measure(server_url: str, server_pid: int, empty_url: str, empty_pid: int, workload: dict,
             models: list[str], rounds: int = 30, round_s: float = 1.0, concurrency: int = 4,
-            warmup_s: float = 0.2) -> dict:
+            warmup_s: float = 0.2, profile_dir: Path | None = None) -> dict:
     pool = workload["pools"]["near_max"]
     users = {m: sequential.prepare_users(server_url, pool, [m], f"cpu-{m}-") for m in models}
     redis = children(server_pid)
@@ -110,7 +111,32 @@ def measure(server_url: str, server_pid: int, empty_url: str, empty_pid: int, wo
                 "n": n, "errors": result.errors, "server_us": spent[0] / n / 1e3,
                 "redis_us": spent[1] / n / 1e3, "total_us": (spent[0] + spent[1]) / n / 1e3,
                 "p50_ms": 1e3 * percentile(result.latencies, 50)})
-    return summarize(samples, models, rounds, round_s, concurrency)
+    out = summarize(samples, models, rounds, round_s, concurrency)
+    if profile_dir is not None:
+        out["profile"] = _profiles(targets, round_order(models, 0), server_pid, empty_pid,
+                                   concurrency, profile_dir)
+    return out
+
+
+def _profiles(targets: dict, order: list[tuple[str, str]], server_pid: int, empty_pid: int,
+              concurrency: int, profile_dir: Path, seconds: float = 3.0) -> dict | None:
+    """One more round per target, not counted above, under `perf`: {"target route": {part:
+    percent of the process's samples}} (loadtest/cpu_profile.py); None where perf cannot run."""
+    out = {}
+    for name, route in order:
+        target = targets[(name, route)]
+        pid = empty_pid if name == "floor" else server_pid
+        closed_loop([target], concurrency, 1, 0.2, warmup_s=0)
+        holder: dict = {}
+        sampler = threading.Thread(target=lambda: holder.update(text=cpu_profile.record(
+            pid, seconds, profile_dir / f"{name}{route.replace('/', '-')}.data")))
+        sampler.start()
+        closed_loop([target], concurrency, 1, seconds + 0.3, warmup_s=0)  # covers the sampling
+        sampler.join()
+        if holder.get("text") is None:
+            return None
+        out[f"{name} {route}"] = cpu_profile.breakdown(holder["text"])
+    return out
 
 
 def _quartiles(values: list[float]) -> list[float]:
@@ -194,11 +220,35 @@ def section(result: dict | None, models: list[str]) -> list[str]:
                  + ", ".join(f"{m} **{cap[m]:.0f}**" for m in models)
                  + (f"; the empty app's /recommend alone {cap['floor']:.0f}." if "floor" in cap
                     else "."))
+    lines += _profile_lines(result)
     lines += ["", "Why it matters: near capacity a request's latency is queueing on the one "
               "core, and the queue grows as 1 / (1 - load): the model whose events cost more "
               "CPU reaches a given load at a lower rate, and its stored users' `/recommend` "
               "(which runs no model) waits longer there. Errors: "
               f"{sum(r['errors'] for r in result['rows'])} non-2xx answers in all.", ""]
+    return lines
+
+
+def _profile_lines(result: dict) -> list[str]:
+    """The `perf` breakdown as a table: parts x targets, percent and us per request."""
+    profile = result.get("profile")
+    if not profile:
+        return []
+    server_us = {f"{r['target']} {r['route']}": r["server_us"] for r in result["rows"]}
+    columns = list(profile)
+    parts = [part for part in next(iter(profile.values()))
+             if any(profile[c][part] >= 0.5 for c in columns)]
+    lines = ["", "Where the server process's CPU goes (`perf record` at 999 Hz during one more "
+             "round of 3 s per target, not counted above; percent of the process's samples, and "
+             "that share of the table's server CPU per request; the empty app's column is its own "
+             "process; parts under 0.5 % everywhere left out; loadtest/cpu_profile.py says which "
+             "libraries make each part):", "",
+             "| part | " + " | ".join(f"{c} % (us)" for c in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for part in parts:
+        lines.append(f"| {part} | " + " | ".join(
+            f"{profile[c][part]:.1f} ({profile[c][part] * server_us[c] / 100:.0f})"
+            for c in columns) + " |")
     return lines
 
 
@@ -238,6 +288,8 @@ def main(argv=None) -> None:
     p.add_argument("--server-cmd", default=f"{sys.executable} -m server")
     p.add_argument("--run-dir", type=Path, default=procs.REPO / "runs" / "cpu-cost")
     p.add_argument("--docs", type=Path, default=procs.REPO / "docs")
+    p.add_argument("--profile", action="store_true",
+                   help="also break each target's server CPU down by library with Linux perf")
     p.add_argument("--rerender", action="store_true",
                    help="rebuild docs/cpu-cost.md from docs/cpu-cost.json, measuring nothing")
     args = p.parse_args(argv)
@@ -262,7 +314,8 @@ def main(argv=None) -> None:
         served, malloc = servers.models(), servers.malloc()
         result = measure(servers.url("server"), servers.server.pid, servers.url("empty"),
                          servers.empty.pid, workload, models, args.rounds, args.round_s,
-                         args.concurrency)
+                         args.concurrency,
+                         profile_dir=args.run_dir / "perf" if args.profile else None)
     finally:
         servers.stop()
     from model.experiments.hardware import hardware

@@ -41,9 +41,9 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 def cpu_ns(pids: list[int]) -> int:
     """CPU time so far (user + system) of these processes, threads that have ended included, in
-    ns at the kernel's clock-tick resolution (10 ms: a 4 s round of a busy server reads to ~0.3 %);
-    0 for a process that is gone. Per-thread schedstat would be finer, but loses a thread's time
-    once it ends."""
+    ns at the kernel's clock-tick resolution (10 ms: ~1 % of a 1 s round of a busy server, which
+    the medians over rounds average out); 0 for a process that is gone. Per-thread schedstat
+    would be finer, but loses a thread's time once it ends."""
     total = 0
     for pid in pids:
         try:
@@ -70,12 +70,12 @@ def _targets(server_url: str, empty_url: str, users: dict[str, list[dict]]) -> d
     """{(name, route): Target}: the floor's /recommend, then each model's two routes."""
     first = next(iter(users.values()))
     out = {("floor", "/recommend"): Target("floor", empty_url, "/recommend",
-                                          sequential._bodies(first, "recommend"))}
+                                          sequential.request_bodies(first, "recommend"))}
     for model, own in users.items():
         out[(model, "/recommend")] = Target(f"{model}-recommend", server_url, "/recommend",
-                                            sequential._bodies(own, "recommend", model))
+                                            sequential.request_bodies(own, "recommend", model))
         out[(model, "/events")] = Target(f"{model}-events", server_url, "/events",
-                                         sequential._bodies(own, "events"))
+                                         sequential.request_bodies(own, "events"))
     return out
 
 

@@ -425,46 +425,55 @@ def build_graphs(args, models_dir: Path) -> None:
                    stdout=subprocess.DEVNULL)
 
 
-def run_sequential(servers: Servers, workload: dict, models: list[str], mode,
-                   run_dir: Path) -> dict:
-    """The closed-loop section (saved like a step: a rerun reuses it unless --fresh)."""
-    path = run_dir / "steps" / "sequential.json"
+def saved_section(run_dir: Path, name: str, measure) -> dict:
+    """A section saved like a step: `measure()` once, its result kept in run_dir/steps/<name>.json
+    and reused by a rerun of the same plan and checkpoints (unless --fresh)."""
+    path = run_dir / "steps" / f"{name}.json"
     if path.exists():
         return json.loads(path.read_text())
-    rounds, round_s = (5, 4.0) if mode.measure_s >= 30 else (2, 2.0)
-    load_before = os.getloadavg()[0]
-    solo = servers.start_solo(models[0]) if len(models) > 1 else None
-    try:
-        result = sequential.run(servers.url("server"), servers.url("empty"), workload, models,
-                                rounds=rounds, round_s=round_s, metrics=servers.metrics,
-                                solo_url=solo)
-    finally:
-        servers.stop_solo()  # the ladder and the other steps run against the one server
-    result["loadavg_1m"] = [load_before, os.getloadavg()[0]]
+    result = measure()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
-    for row in result["rows"]:
-        print(f"sequential c={row['concurrency']} {row['route']:<10} {row['target']:<8} "
-              f"p50 {_ms(row['p50_ms'])} p99 {_ms(row['p99_ms'])} "
-              f"x floor {row['vs_floor_p50'] or 0:5.2f}", flush=True)
     return result
+
+
+def run_sequential(servers: Servers, workload: dict, models: list[str], mode,
+                   run_dir: Path) -> dict:
+    """The closed-loop section."""
+    def measure() -> dict:
+        rounds, round_s = (5, 4.0) if mode.measure_s >= 30 else (2, 2.0)
+        load_before = os.getloadavg()[0]
+        solo = servers.start_solo(models[0]) if len(models) > 1 else None
+        try:
+            result = sequential.run(servers.url("server"), servers.url("empty"), workload,
+                                    models, rounds=rounds, round_s=round_s,
+                                    metrics=servers.metrics, solo_url=solo)
+        finally:
+            servers.stop_solo()  # the ladder and the other steps run against the one server
+        result["loadavg_1m"] = [load_before, os.getloadavg()[0]]
+        for row in result["rows"]:
+            print(f"sequential c={row['concurrency']} {row['route']:<10} {row['target']:<8} "
+                  f"p50 {_ms(row['p50_ms'])} p99 {_ms(row['p99_ms'])} "
+                  f"x floor {row['vs_floor_p50'] or 0:5.2f}", flush=True)
+        return result
+
+    return saved_section(run_dir, "sequential", measure)
 
 
 def run_cpu_cost(servers: Servers, workload: dict, models: list[str], mode,
                  run_dir: Path) -> dict:
-    """CPU per request per model and route (loadtest/cpu_cost.py), saved like a step."""
-    path = run_dir / "steps" / "cpu_cost.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    rounds, round_s = (30, 1.0) if mode.measure_s >= 30 else (6, 0.5)
-    result = cpu_cost.measure(servers.url("server"), servers.server.pid, servers.url("empty"),
-                              servers.empty.pid, workload, models, rounds, round_s)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1))
-    for pair, by_route in result["ratios"].items():
-        print(f"cpu per request {pair}: events {by_route['/events'][1]:.3f}, recommend "
-              f"{by_route['/recommend'][1]:.3f}", flush=True)
-    return result
+    """CPU per request per model and route (loadtest/cpu_cost.py)."""
+    def measure() -> dict:
+        rounds, round_s = (30, 1.0) if mode.measure_s >= 30 else (6, 0.5)
+        result = cpu_cost.measure(servers.url("server"), servers.server.pid,
+                                  servers.url("empty"), servers.empty.pid, workload, models,
+                                  rounds, round_s)
+        for pair, by_route in result["ratios"].items():
+            print(f"cpu per request {pair}: events {by_route['/events'][1]:.3f}, recommend "
+                  f"{by_route['/recommend'][1]:.3f}", flush=True)
+        return result
+
+    return saved_section(run_dir, "cpu_cost", measure)
 
 
 def run_plan(run: StepRunner, mode, models: list[str], groups: set[str]) -> None:

@@ -902,3 +902,17 @@ def test_the_runner_stops_before_the_ladder_when_the_floor_is_slow():
     assert check_floor({"rows": rows}, 0.30) == 0.29
     with pytest.raises(SlowMachine, match="p50 is 0.290 ms, above --max-floor-ms 0.2"):
         check_floor({"rows": rows}, 0.2)
+
+
+def test_a_section_is_measured_once_and_reused_by_a_rerun(tmp_path):
+    from loadtest.runner import saved_section
+
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return {"rows": [len(calls)]}
+
+    assert saved_section(tmp_path, "cpu_cost", measure) == {"rows": [1]}
+    assert saved_section(tmp_path, "cpu_cost", measure) == {"rows": [1]}  # from steps/, no rerun
+    assert len(calls) == 1 and (tmp_path / "steps" / "cpu_cost.json").exists()

@@ -98,8 +98,10 @@ def test_a_real_measurement_reports_every_target_and_renders(empty_app):
         ("b", "/events")}
     for row in out["rows"]:
         assert row["errors"] == 0 and row["n"] > 10
-        assert 0 < row["server_us"] < 50_000 and row["redis_us"] == 0
+        # 10 ms ticks over 0.3 s rounds: a row may read 0 on a busy machine, never a wild value
+        assert 0 <= row["server_us"] < 50_000 and row["redis_us"] == 0
         assert len(row["total_us_rounds"]) == 2
+    assert sum(row["server_us"] for row in out["rows"]) > 0
     assert set(out["capacity_rps"]) == {"a", "b", "floor"}
     ctx = {"models": ["a", "b"], "command": "python -m loadtest.cpu_cost", "date": "today",
            "cpu": "cpu", "cores": 2, "python": "3", "torch": "2", "malloc": "system",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -140,7 +141,10 @@ def _profiles(targets: dict, order: list[tuple[str, str]], server_pid: int, empt
 
 
 def _quartiles(values: list[float]) -> list[float]:
-    """[25th percentile, median, 75th percentile] (the median alone with fewer than 4 values)."""
+    """[25th percentile, median, 75th percentile] (the median alone with fewer than 4 values;
+    NaN with none)."""
+    if not values:
+        return [math.nan] * 3
     if len(values) < 4:
         return [statistics.median(values)] * 3
     q1, q2, q3 = statistics.quantiles(values, n=4)
@@ -163,17 +167,19 @@ def summarize(samples: dict[tuple[str, str], list[dict]], models: list[str], rou
     def per_round(model: str, route: str) -> list[float]:
         return [s["total_us"] for s in samples[(model, route)]]
 
-    capacity = {m: statistics.median(
-        2e6 / (e + r) for e, r in zip(per_round(m, "/events"), per_round(m, "/recommend")))
-        for m in models}
+    # A round whose CPU read 0 ticks (a very short round) has no ratio and no rate: left out.
+    capacity = {m: _quartiles([2e6 / (e + r) for e, r in zip(per_round(m, "/events"),
+                                                             per_round(m, "/recommend"))
+                               if e + r > 0])[1] for m in models}
     floor = samples.get(("floor", "/recommend"))
     if floor:
-        capacity["floor"] = statistics.median(1e6 / s["total_us"] for s in floor)
+        capacity["floor"] = _quartiles([1e6 / s["total_us"] for s in floor
+                                        if s["total_us"] > 0])[1]
     ratios = {}
     for other in models[1:]:
         ratios[f"{models[0]}/{other}"] = {
             route: _quartiles([a / b for a, b in zip(per_round(models[0], route),
-                                                     per_round(other, route))])
+                                                     per_round(other, route)) if b > 0])
             for route in ("/events", "/recommend")}
     return {"rows": rows, "ratios": ratios, "capacity_rps": capacity, "rounds": rounds,
             "round_s": round_s, "concurrency": concurrency, "users_per_model": N_USERS}

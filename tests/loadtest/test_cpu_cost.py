@@ -1,6 +1,7 @@
 """loadtest/cpu_cost.py: CPU accounting from /proc, the round-by-round summary on hand-made
 samples, and one real measurement (a second or two) against the empty app under uvicorn."""
 
+import math
 import subprocess
 import sys
 
@@ -58,6 +59,10 @@ def test_the_comparison_is_the_median_of_each_rounds_own_ratio():
     assert out["capacity_rps"]["sasrec"] == pytest.approx(2e6 / 700)
     assert out["capacity_rps"]["plr"] == pytest.approx(2e6 / 800)
     assert out["capacity_rps"]["floor"] == pytest.approx(1e6 / 100)
+    zero = cpu_cost.summarize(_samples({(m, route): [(0, 0), (0, 0)] for m in ("a", "b")
+                                        for route in ("/events", "/recommend")}),
+                              ["a", "b"], 2, 0.1, 1)  # rounds too short for a tick: no ratio
+    assert math.isnan(zero["ratios"]["a/b"]["/events"][1]) and math.isnan(zero["capacity_rps"]["a"])
     row = next(r for r in out["rows"] if r["target"] == "plr" and r["route"] == "/events")
     assert (row["total_us"], row["redis_us"], row["server_us"]) == (600, 100, 500)
     assert row["total_us_rounds"] == [600, 2200, 500] and row["n"] == 300

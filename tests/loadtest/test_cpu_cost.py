@@ -1,6 +1,7 @@
 """loadtest/cpu_cost.py: CPU accounting from /proc, the round-by-round summary on hand-made
 samples, and one real measurement (a second or two) against the empty app under uvicorn."""
 
+import json
 import math
 import subprocess
 import sys
@@ -114,3 +115,10 @@ def test_a_real_measurement_reports_every_target_and_renders(empty_app):
            "loadavg": [0.1, 0.2]}
     page = cpu_cost.render(out, ctx)
     assert "| a | /events |" in page and "a/b CPU per `/events`" in page
+
+
+def test_the_published_page_is_what_its_measurement_renders():
+    docs = procs.REPO / "docs"
+    saved = json.loads((docs / "cpu-cost.json").read_text())
+    ctx = saved.pop("context")
+    assert (docs / "cpu-cost.md").read_text() == cpu_cost.render(saved, ctx)

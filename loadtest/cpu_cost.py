@@ -80,6 +80,14 @@ def _targets(server_url: str, empty_url: str, users: dict[str, list[dict]]) -> d
     return out
 
 
+def check_plan(rounds: int, round_s: float, concurrency: int) -> None:
+    """ValueError naming the first setting that leaves nothing to measure."""
+    for name, value, ok in (("rounds", rounds, rounds >= 1), ("round_s", round_s, round_s > 0),
+                            ("concurrency", concurrency, concurrency >= 1)):
+        if not ok:
+            raise ValueError(f"{name} must be positive, got {value}")
+
+
 def round_order(models: list[str], r: int) -> list[tuple[str, str]]:
     """Round r's (target, route) order: the floor, then per route the models back to back (a
     pair compared is measured seconds apart: the VM drifts by tens of percent within minutes),
@@ -92,6 +100,7 @@ def round_order(models: list[str], r: int) -> list[tuple[str, str]]:
 def measure(server_url: str, server_pid: int, empty_url: str, empty_pid: int, workload: dict,
             models: list[str], rounds: int = 30, round_s: float = 1.0, concurrency: int = 4,
             warmup_s: float = 0.2, profile_dir: Path | None = None) -> dict:
+    check_plan(rounds, round_s, concurrency)
     pool = workload["pools"]["near_max"]
     users = {m: sequential.prepare_users(server_url, pool, [m], f"cpu-{m}-") for m in models}
     redis = children(server_pid)
@@ -305,6 +314,10 @@ def main(argv=None) -> None:
         (args.docs / "cpu-cost.md").write_text(render(saved, ctx))
         return
     models = [m for m in args.models.split(",") if m]
+    try:
+        check_plan(args.rounds, args.round_s, args.concurrency)
+    except ValueError as exc:
+        p.error(str(exc).replace("round_s", "--round-s").replace("rounds", "--rounds"))
     if args.client_cpus:
         os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
     facts = runner.checkpoint_facts(args.models_dir, models)

@@ -122,3 +122,11 @@ def test_the_published_page_is_what_its_measurement_renders():
     saved = json.loads((docs / "cpu-cost.json").read_text())
     ctx = saved.pop("context")
     assert (docs / "cpu-cost.md").read_text() == cpu_cost.render(saved, ctx)
+
+
+def test_a_plan_with_nothing_to_measure_is_refused_by_name(capsys):
+    with pytest.raises(ValueError, match="round_s must be positive, got 0"):
+        cpu_cost.check_plan(5, 0, 4)
+    with pytest.raises(SystemExit):  # the command line says which flag, before starting anything
+        cpu_cost.main(["--rounds", "0"])
+    assert "--rounds must be positive, got 0" in capsys.readouterr().err

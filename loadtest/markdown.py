@@ -1,6 +1,7 @@
 """Render docs/latency.md from step results and report.headline(); text only, no computation
 beyond picking and formatting, so every number in the page comes from a measured step."""
 
+from loadtest import cpu_cost
 from loadtest.stats import QUANTILES
 
 
@@ -477,6 +478,9 @@ def render(results: list[dict], ctx: dict, head: dict, slo_ms: float, goals: dic
                                                       _sequential_headline(ctx.get("sequential"),
                                                                            models, goals))
     lines += _sequential(ctx.get("sequential"))
+    if ctx.get("cpu_cost"):
+        lines += ["## CPU per request on the serving core (loadtest/cpu_cost.py)", ""]
+        lines += cpu_cost.section(ctx["cpu_cost"], models)
     if any(r["step"]["group"] in ("ladder", "floor") for r in results):
         lines += ["![latency vs rate](latency/latency_vs_rate.png)", ""]
     lines += _ladder(

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from loadtest import plan, procs, prom, report, sequential
+from loadtest import cpu_cost, plan, procs, prom, report, sequential
 from loadtest.plan import MODES, Step
 from loadtest.stats import (interleaved_blocks, parse_locust_stats, passes_slo, ratio_ci,
                             read_request_rows, summarize_step)
@@ -36,7 +36,7 @@ def parse_args(argv=None):
     p.add_argument("--slo-ms", type=float, default=25.0)
     p.add_argument("--run-dir", type=Path, default=None, help="default runs/loadtest/<mode>")
     p.add_argument("--docs", type=Path, default=procs.REPO / "docs", help="writes latency.md there")
-    p.add_argument("--groups", default="sequential,ladder,cache,length,floor",
+    p.add_argument("--groups", default="sequential,cpu,ladder,cache,length,floor",
                    help="subset of step groups")
     p.add_argument("--compiled-dir", type=Path, default=procs.REPO / "artifacts" / "compiled",
                    help="compiled engine graphs; built first if missing (the server only loads)")
@@ -425,29 +425,55 @@ def build_graphs(args, models_dir: Path) -> None:
                    stdout=subprocess.DEVNULL)
 
 
-def run_sequential(servers: Servers, workload: dict, models: list[str], mode,
-                   run_dir: Path) -> dict:
-    """The closed-loop section (saved like a step: a rerun reuses it unless --fresh)."""
-    path = run_dir / "steps" / "sequential.json"
+def saved_section(run_dir: Path, name: str, measure) -> dict:
+    """A section saved like a step: `measure()` once, its result kept in run_dir/steps/<name>.json
+    and reused by a rerun of the same plan and checkpoints (unless --fresh)."""
+    path = run_dir / "steps" / f"{name}.json"
     if path.exists():
         return json.loads(path.read_text())
-    rounds, round_s = (5, 4.0) if mode.measure_s >= 30 else (2, 2.0)
-    load_before = os.getloadavg()[0]
-    solo = servers.start_solo(models[0]) if len(models) > 1 else None
-    try:
-        result = sequential.run(servers.url("server"), servers.url("empty"), workload, models,
-                                rounds=rounds, round_s=round_s, metrics=servers.metrics,
-                                solo_url=solo)
-    finally:
-        servers.stop_solo()  # the ladder and the other steps run against the one server
-    result["loadavg_1m"] = [load_before, os.getloadavg()[0]]
+    result = measure()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
-    for row in result["rows"]:
-        print(f"sequential c={row['concurrency']} {row['route']:<10} {row['target']:<8} "
-              f"p50 {_ms(row['p50_ms'])} p99 {_ms(row['p99_ms'])} "
-              f"x floor {row['vs_floor_p50'] or 0:5.2f}", flush=True)
     return result
+
+
+def run_sequential(servers: Servers, workload: dict, models: list[str], mode,
+                   run_dir: Path) -> dict:
+    """The closed-loop section."""
+    def measure() -> dict:
+        rounds, round_s = (5, 4.0) if mode.measure_s >= 30 else (2, 2.0)
+        load_before = os.getloadavg()[0]
+        solo = servers.start_solo(models[0]) if len(models) > 1 else None
+        try:
+            result = sequential.run(servers.url("server"), servers.url("empty"), workload,
+                                    models, rounds=rounds, round_s=round_s,
+                                    metrics=servers.metrics, solo_url=solo)
+        finally:
+            servers.stop_solo()  # the ladder and the other steps run against the one server
+        result["loadavg_1m"] = [load_before, os.getloadavg()[0]]
+        for row in result["rows"]:
+            print(f"sequential c={row['concurrency']} {row['route']:<10} {row['target']:<8} "
+                  f"p50 {_ms(row['p50_ms'])} p99 {_ms(row['p99_ms'])} "
+                  f"x floor {row['vs_floor_p50'] or 0:5.2f}", flush=True)
+        return result
+
+    return saved_section(run_dir, "sequential", measure)
+
+
+def run_cpu_cost(servers: Servers, workload: dict, models: list[str], mode,
+                 run_dir: Path) -> dict:
+    """CPU per request per model and route (loadtest/cpu_cost.py)."""
+    def measure() -> dict:
+        rounds, round_s = (30, 1.0) if mode.measure_s >= 30 else (6, 0.5)
+        result = cpu_cost.measure(servers.url("server"), servers.server.pid,
+                                  servers.url("empty"), servers.empty.pid, workload, models,
+                                  rounds, round_s)
+        for pair, by_route in result["ratios"].items():
+            print(f"cpu per request {pair}: events {by_route['/events'][1]:.3f}, recommend "
+                  f"{by_route['/recommend'][1]:.3f}", flush=True)
+        return result
+
+    return saved_section(run_dir, "cpu_cost", measure)
 
 
 def run_plan(run: StepRunner, mode, models: list[str], groups: set[str]) -> None:
@@ -491,7 +517,7 @@ def main(argv=None):
     stop_on_term()
     started = time.monotonic()
     groups = set(args.groups.split(","))
-    seq = None
+    seq = cpu = None
     try:
         build_graphs(args, servers.models_dir)
         speed = {"before": machine_speed(args)}
@@ -505,6 +531,8 @@ def main(argv=None):
             except SlowMachine as slow:
                 (run_dir / "steps" / "sequential.json").unlink()  # a rerun measures again
                 sys.exit(f"stopped: {slow}")
+        if "cpu" in groups:
+            cpu = run_cpu_cost(servers, workload, models, mode, run_dir)
         run = StepRunner(servers, workload_path, run_dir, args, run_id)
         run_plan(run, mode, models, groups)
     finally:
@@ -524,6 +552,7 @@ def main(argv=None):
     context["steps"] = {"run": len(run.results) - run.reused, "reused": run.reused,
                         "steps_wall_s": round(sum(r.get("wall_s", 0) for r in run.results), 1)}
     context["sequential"] = seq
+    context["cpu_cost"] = cpu
     context["server_malloc"] = server_malloc
     context["machine_speed"] = speed
     out = report.write_report(run.results, context, args.docs, args.slo_ms)

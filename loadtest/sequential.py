@@ -41,7 +41,7 @@ def prepare_users(server_url: str, pool: dict, models: list[str], prefix: str) -
     return users
 
 
-def _bodies(users: list[dict], kind: str, model: str | None = None) -> list[bytes]:
+def request_bodies(users: list[dict], kind: str, model: str | None = None) -> list[bytes]:
     out = []
     rounds = max(len(u["future"]) for u in users)
     for r in range(rounds):  # user by user, then the next future item of each
@@ -87,20 +87,20 @@ def run(server_url: str, empty_url: str, workload: dict, models: list[str],
     rows, stages = [], []
     for c in concurrencies:
         before = metrics()
-        targets = [Target("floor", empty_url, "/recommend", _bodies(users, "recommend"))]
-        targets += [Target(m, server_url, "/recommend", _bodies(users, "recommend", m))
+        targets = [Target("floor", empty_url, "/recommend", request_bodies(users, "recommend"))]
+        targets += [Target(m, server_url, "/recommend", request_bodies(users, "recommend", m))
                     for m in models]
         if solo_url:
             targets.append(Target(solo, solo_url, "/recommend",
-                                  _bodies(users, "recommend", models[0])))
+                                  request_bodies(users, "recommend", models[0])))
         results = measure(targets, c, rounds, round_s)
         seconds = rounds * round_s
         for t in targets:
             rows.append(_row("/recommend", t.name, c, results[t.name], seconds, results["floor"]))
-        events = [Target("floor", empty_url, "/events", _bodies(users, "events")),
-                  Target("server", server_url, "/events", _bodies(users, "events"))]
+        events = [Target("floor", empty_url, "/events", request_bodies(users, "events")),
+                  Target("server", server_url, "/events", request_bodies(users, "events"))]
         if solo_url:
-            events.append(Target(solo, solo_url, "/events", _bodies(users, "events")))
+            events.append(Target(solo, solo_url, "/events", request_bodies(users, "events")))
         ev = measure(events, c, rounds, round_s)
         for t in events:
             rows.append(_row("/events", t.name, c, ev[t.name], seconds, ev["floor"]))

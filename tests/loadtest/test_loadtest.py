@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loadtest import procs, prom, report
+from loadtest import cpu_cost, procs, prom, report
 from loadtest.stats import (
     goodput,
     is_error,
@@ -410,6 +410,14 @@ def test_write_report_makes_markdown_csv_and_plots(tmp_path):
         "pools": {"main": 1},
         "server_models": {},
         "wall_s": 1.0,
+        # the runner's `cpu` section (loadtest/cpu_cost.py), hand-made: one round
+        "cpu_cost": cpu_cost.summarize(
+            {(name, route): [{"n": 10, "errors": 0, "server_us": us, "redis_us": 0.0,
+                              "total_us": us, "p50_ms": 1.0}]
+             for name, route, us in [("floor", "/recommend", 100.0), ("plr", "/recommend", 150.0),
+                                     ("plr", "/events", 660.0), ("sasrec", "/recommend", 150.0),
+                                     ("sasrec", "/events", 600.0)]},
+            ["plr", "sasrec"], 1, 1.0, 4),
     }
     results = hand_made_results()
     for r in results[:2]:  # rate 10: both models in turns; rate 20: again one at a time
@@ -427,6 +435,8 @@ def test_write_report_makes_markdown_csv_and_plots(tmp_path):
                    "alone, after a failure in turns", "alone"]  # the last: the floor at 20
     assert "(SYNTHETIC)" in text
     assert "- Machine speed: not recorded." in text  # a context without stamps
+    assert "## CPU per request on the serving core" in text
+    assert "- plr/sasrec CPU per `/events`: **1.100**" in text
     for name in ("steps.csv", "stages.csv", "latency_vs_rate.png", "cache_on_off.png"):
         assert (tmp_path / "latency" / name).stat().st_size > 0
 
@@ -892,3 +902,17 @@ def test_the_runner_stops_before_the_ladder_when_the_floor_is_slow():
     assert check_floor({"rows": rows}, 0.30) == 0.29
     with pytest.raises(SlowMachine, match="p50 is 0.290 ms, above --max-floor-ms 0.2"):
         check_floor({"rows": rows}, 0.2)
+
+
+def test_a_section_is_measured_once_and_reused_by_a_rerun(tmp_path):
+    from loadtest.runner import saved_section
+
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return {"rows": [len(calls)]}
+
+    assert saved_section(tmp_path, "cpu_cost", measure) == {"rows": [1]}
+    assert saved_section(tmp_path, "cpu_cost", measure) == {"rows": [1]}  # from steps/, no rerun
+    assert len(calls) == 1 and (tmp_path / "steps" / "cpu_cost.json").exists()

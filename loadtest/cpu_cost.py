@@ -211,7 +211,9 @@ def section(result: dict | None, models: list[str]) -> list[str]:
         "that is not counted: the empty app's /recommend, then per route the models back to "
         "back, their order turning from round to round. CPU: user + system time of the server "
         "process and of its embedded Redis (/proc/<pid>/stat, 10 ms ticks) over the target's "
-        "round, per answered request; each cell is the median round.",
+        "round, per answered request; each cell is the median round."
+        + (" Load average before / after: {} / {}.".format(*result["loadavg_1m"])
+           if result.get("loadavg_1m") else ""),
         "",
         "| target | route | requests | server CPU us / request | Redis CPU us / request | "
         "total us / request | rounds' middle half (total) | p50 ms |",

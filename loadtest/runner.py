@@ -465,9 +465,11 @@ def run_cpu_cost(servers: Servers, workload: dict, models: list[str], mode,
     """CPU per request per model and route (loadtest/cpu_cost.py)."""
     def measure() -> dict:
         rounds, round_s = (30, 1.0) if mode.measure_s >= 30 else (6, 0.5)
+        load_before = os.getloadavg()[0]
         result = cpu_cost.measure(servers.url("server"), servers.server.pid,
                                   servers.url("empty"), servers.empty.pid, workload, models,
                                   rounds, round_s)
+        result["loadavg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         for pair, by_route in result["ratios"].items():
             print(f"cpu per request {pair}: events {by_route['/events'][1]:.3f}, recommend "
                   f"{by_route['/recommend'][1]:.3f}", flush=True)

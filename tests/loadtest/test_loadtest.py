@@ -417,7 +417,7 @@ def test_write_report_makes_markdown_csv_and_plots(tmp_path):
              for name, route, us in [("floor", "/recommend", 100.0), ("plr", "/recommend", 150.0),
                                      ("plr", "/events", 660.0), ("sasrec", "/recommend", 150.0),
                                      ("sasrec", "/events", 600.0)]},
-            ["plr", "sasrec"], 1, 1.0, 4),
+            ["plr", "sasrec"], 1, 1.0, 4) | {"loadavg_1m": [0.5, 0.7]},
     }
     results = hand_made_results()
     for r in results[:2]:  # rate 10: both models in turns; rate 20: again one at a time
@@ -437,6 +437,7 @@ def test_write_report_makes_markdown_csv_and_plots(tmp_path):
     assert "- Machine speed: not recorded." in text  # a context without stamps
     assert "## CPU per request on the serving core" in text
     assert "- plr/sasrec CPU per `/events`: **1.100**" in text
+    assert "Load average before / after: 0.5 / 0.7." in text  # the section's own machine load
     for name in ("steps.csv", "stages.csv", "latency_vs_rate.png", "cache_on_off.png"):
         assert (tmp_path / "latency" / name).stat().st_size > 0
 

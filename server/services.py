@@ -9,7 +9,8 @@ recommend() decides the request's `Mode` once, where it is understood:
 - STATELESS (history only), UNCACHED (use_cache false): computed from scratch; no cache or state
   is read or written.
 No usable history -> popularity, flagged. A user's stateful requests (STORED, AUTHORITATIVE,
-events) take turns in this process (server/user_turns.py). append_events(): all or nothing, once
+events) take turns in this process (server/user_turns.py), except a STORED one arriving while
+the user has a turn in flight: a state covering exactly the stored history answers it at once. append_events(): all or nothing, once
 per event_id, then every loaded model's existing cache and state advance in one batch
 (settings.events_extend_cache); a user without a cache gets none built here. Where this process
 holds a model's current cache for the user (the near cache: it computed the last one), the new
@@ -126,8 +127,28 @@ class Services:
     async def _stateful(self, body: RecommendRequest, rt: ModelRuntime,
                         history: list[str] | None, spec: RankSpec,
                         disconnected: Disconnected) -> dict:
+        if history is None and self.turns.busy(body.user_id):
+            # The user's event (or request) is in flight: a stored state that covers exactly the
+            # stored history answers now, as of that history (the two requests are concurrent;
+            # one sent after an answer always sees what that answer stored: the history is
+            # appended before an event answers, and a state is used only if it covers all of it).
+            # Waiting for the turn would add that event's whole compute to this read.
+            answer = await self._current_state(body, rt, spec)
+            if answer is not None:
+                return answer
         async with self.turns.turn(body.user_id):  # after the user's event or request in flight
             return await self._stateful_turn(body, rt, history, spec, disconnected)
+
+    async def _current_state(self, body: RecommendRequest, rt: ModelRuntime,
+                             spec: RankSpec) -> dict | None:
+        """The answer from the user's current stored state, or None (none current, or it does not
+        decode): then the request takes its turn and reads as usual."""
+        started = time.perf_counter()
+        async with self.reads.read():
+            length, value = await self.store.read_state(body.user_id, rt.version)
+            self.metrics.stage("recommend", rt.name, "state_read", time.perf_counter() - started)
+            ranked = self._rank_stored(rt, value, spec) if value is not None else None
+        return None if ranked is None else self._answer(body, rt, length, "precomputed", ranked)
 
     async def _stateful_turn(self, body: RecommendRequest, rt: ModelRuntime,
                              history: list[str] | None, spec: RankSpec,

@@ -34,7 +34,8 @@ from redis.backoff import ExponentialBackoff
 from .envelope import new_token
 from .redis_wire import Wire
 from .errors import StoreUnavailable
-from .store_scripts import APPEND_EVENTS, DELETE_USER, READ, READ_HISTORY, SYNC_HISTORY, WRITE_STATE
+from .store_scripts import (APPEND_EVENTS, DELETE_USER, READ, READ_HISTORY, READ_STATE,
+                            SYNC_HISTORY, WRITE_STATE)
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,11 @@ class Store(abc.ABC):
                    hints: list[bytes] | None = None) -> UserView:
         """Per version: the current state alone, or what computing it needs (skip_state: ignore
         stored states, e.g. after one failed to decode)."""
+
+    @abc.abstractmethod
+    async def read_state(self, user_id: str, version: str) -> tuple[int, bytes | None]:
+        """(stored history length, the version's state value if it covers exactly that history,
+        else None): one small read, no cache and no history entries."""
 
     @abc.abstractmethod
     async def sync(self, user_id: str, history: list[str], versions: list[str],
@@ -216,7 +222,8 @@ class _Script:
 
 
 _SCRIPTS = {name: _Script(body) for name, body in (
-    ("read_history", READ_HISTORY), ("read", READ), ("sync", SYNC_HISTORY),
+    ("read_history", READ_HISTORY), ("read", READ), ("read_state", READ_STATE),
+    ("sync", SYNC_HISTORY),
     ("append", APPEND_EVENTS), ("write", WRITE_STATE), ("delete", DELETE_USER))}
 
 
@@ -332,6 +339,11 @@ class RedisStore(Store):
         n, tok, views = await self._call("read", keys, ["1" if skip_state else "0",
                                                         *_hints(hints, versions)])
         return UserView(int(n), tok.decode(), _views(views))
+
+    async def read_state(self, user_id: str, version: str) -> tuple[int, bytes | None]:
+        keys = [hist_key(user_id), token_key(user_id), state_key(user_id, version)]
+        n, value = await self._call("read_state", keys, [])
+        return int(n), value or None
 
     async def get_history(self, user_id: str) -> list[str]:
         return orjson.loads(await self._call("read_history", [hist_key(user_id)], []))

@@ -132,6 +132,17 @@ local tok = redis.call('GET', KEYS[2]) or ''
 return {n, tok, views(n, tok, 3, ARGV[1] == '1', 2, false)}
 """
 
+# The current state of one model version alone: for a stored user's /recommend that does not
+# wait for the user's request in flight (services.py). Reads no cache and no history entries.
+# KEYS: hist, tok, state  ->  {n, the state value when it covers exactly the history, else false}
+READ_STATE = _COMMON + """
+local n = redis.call('LLEN', KEYS[1])
+if n == 0 then return {0, false} end
+local value = redis.call('GET', KEYS[3])
+if covered(value, 'PST1', redis.call('GET', KEYS[2]) or '') == n then return {n, value} end
+return {n, false}
+"""
+
 # Make the stored history equal the request's (authoritative) one: extend it when the stored one
 # is a prefix (token kept), else replace it (new token; the replaced history's event ids are
 # forgotten with it, so a retried event is applied to the new history). Then READ.

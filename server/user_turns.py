@@ -46,6 +46,10 @@ class UserTurns:
         if self._last.get(user_id) is mine:
             del self._last[user_id]
 
+    def busy(self, user_id: str) -> bool:
+        """Whether a turn of this user is running or waiting."""
+        return user_id in self._last
+
     @property
     def open(self) -> int:
         """Users with a turn running or waiting."""

@@ -129,6 +129,35 @@ def test_reads_return_only_the_state_when_it_is_current_else_what_computing_need
     assert (grown.base, grown.items) == (2, ["c"]) and grown.base_state and grown.kv
 
 
+def test_a_state_read_returns_the_state_only_while_it_covers_exactly_the_history(redis_url,
+                                                                                raw_redis):
+    async def go(store):
+        empty = await store.read_state("u", "v")
+        view = await store.append_events("u", ["a", "b"], "e1", ["v"])
+        before = await store.read_state("u", "v")  # no state written yet
+        await store.write_states([write(view)])
+        current = await store.read_state("u", "v")
+        other_version = await store.read_state("u", "w")
+        await store.append_events("u", ["c"], "e2", ["v"])
+        grown = await store.read_state("u", "v")  # the history moved on: stale
+        return empty, before, current, other_version, grown
+
+    empty, before, current, other_version, grown = run(with_store(redis_url, go))
+    assert empty == (0, None) and before == (2, None) and other_version == (2, None)
+    assert current[0] == 2 and current[1] == raw_redis.get(state_key("u", "v"))
+    assert current[1].endswith(b"S") and grown == (3, None)
+
+
+def test_a_state_of_a_replaced_history_is_never_current(redis_url):
+    async def go(store):
+        view = await store.append_events("u", ["a", "b"], "e1", ["v"])
+        await store.write_states([write(view)])
+        await store.sync("u", ["x", "y"], ["v"])  # same length, new token
+        return await store.read_state("u", "v")
+
+    assert run(with_store(redis_url, go)) == (2, None)
+
+
 def test_sync_extends_a_prefix_and_replaces_otherwise_with_a_new_token(redis_url):
     async def go(store):
         first = await store.append_events("u", ["a", "b"], "e1", [])

@@ -10,13 +10,13 @@ recommend() decides the request's `Mode` once, where it is understood:
   is read or written.
 No usable history -> popularity, flagged. A user's stateful requests (STORED, AUTHORITATIVE,
 events) take turns in this process (server/user_turns.py), except a STORED one arriving while
-the user has a turn in flight: a state covering exactly the stored history answers it at once. append_events(): all or nothing, once
-per event_id, then every loaded model's existing cache and state advance in one batch
-(settings.events_extend_cache); a user without a cache gets none built here. Where this process
-holds a model's current cache for the user (the near cache: it computed the last one), the new
-cache and state are computed first and ride in the append's own store call, applied there only if
-that copy was still the stored history; otherwise, and for recommend, writes of computed states
-are behind the answers.
+the user has a turn in flight: a state covering exactly the stored history answers it at once.
+append_events(): all or nothing, once per event_id, then every loaded model's existing cache and
+state advance in one batch (settings.events_extend_cache); a user without a cache gets none
+built here. Where this process holds a model's current cache for the user (the near cache: it
+computed the last one), the new cache and state are computed first and ride in the append's own
+store call, applied there only if that copy was still the stored history; otherwise, and for
+recommend, writes of computed states are behind the answers.
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ def test_concurrent_events_of_one_user_each_extend_a_current_cache(make_client, 
 def _held_event(client, before_read=None):
     """Run one event of user u (its compute held until the stored /recommend of u, started
     meanwhile, has answered or 2 s have passed) on the app's loop; `before_read` runs while the
-    event is held. -> (read answer or the read's exception, event answer, log)."""
+    event is held. -> (read answer, event answer, log)."""
     services = client.app.state.plr.services
     worker = services.batcher._process.worker
     run, log = worker.run, []
